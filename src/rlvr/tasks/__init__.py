@@ -1,0 +1,26 @@
+"""Verifiable tasks: problem sources with exact scorers, registered by name.
+
+Built-ins: ``countdown`` (default; tiny char-level model), ``arithmetic``, ``math_jsonl`` (local
+math datasets scored with math-verify) and ``reasoning_gym`` (optional ``reasoning-gym`` package).
+Register your own with ``@tasks.register("name")`` on a class whose ``__init__`` keyword arguments
+are its knobs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlvr.tasks import arithmetic, countdown, gym, math  # noqa: F401 - registers the built-ins
+from rlvr.tasks.base import Problem, Task, tasks
+
+
+def build_task(name: str, knobs: dict[str, Any] | None = None) -> Task:
+    """An instance of the task registered as ``name`` with ``knobs``.
+
+    An unknown name raises UnknownNameError listing the valid names; an unknown knob raises
+    ConfigError listing the valid knobs.
+    """
+    return tasks.build(name, knobs or {}, where="task").fn
+
+
+__all__ = ["Problem", "Task", "build_task", "tasks"]

@@ -1,0 +1,101 @@
+"""Rollouts with Hugging Face ``generate`` (KV cache, sampling, ``n`` responses per prompt)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlvr.rollout.base import RolloutBatch, response_mask_from_ids
+
+
+def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], chat_template: str) -> list[str]:
+    """Apply the tokenizer's chat template (``auto``: when it has one) and return prompt strings."""
+    use_chat = chat_template == "on" or (chat_template == "auto" and getattr(tokenizer, "chat_template", None))
+    if chat_template == "on" and not getattr(tokenizer, "chat_template", None):
+        from rlvr.errors import ConfigError
+
+        raise ConfigError("rollout.chat_template=on but the tokenizer has no chat template; use auto or off")
+    if not use_chat:
+        bos = tokenizer.bos_token or ""
+        return [bos + p for p in prompts]
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
+def special_ids_to_suppress(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Pad/BOS/UNK ids that must never be sampled inside a response (EOS stays allowed)."""
+    eos = tokenizer.eos_token_id
+    ids = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id}
+    return sorted(i for i in ids if i is not None and i != eos)
+
+
+class HFRollout:
+    """Sampling engine on the training model itself (no weight sync needed)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, chat_template: str = "auto") -> None:
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: PreTrainedModel,
+        prompts: list[str],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+    ) -> RolloutBatch:
+        """``n`` responses for each prompt (rows ``i*n .. i*n+n-1`` share group id ``i``).
+
+        Randomness comes from torch's global generator, which the trainer seeds, so a run is
+        reproducible on CPU.
+        """
+        tok = self.tokenizer
+        texts = format_prompts(tok, prompts, self.chat_template)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(model.parameters()).device
+        input_ids = enc["input_ids"].repeat_interleave(n, dim=0).to(device)
+        attention_mask = enc["attention_mask"].repeat_interleave(n, dim=0).to(device)
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            use_cache=True,
+        )
+        if greedy:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None)
+        suppress = special_ids_to_suppress(tok)
+        if suppress:
+            gen_kwargs["suppress_tokens"] = suppress
+        was_training = model.training
+        model.eval()
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
+        model.train(was_training)
+        prompt_len = input_ids.shape[1]
+        response_ids = out[:, prompt_len:]
+        response_mask, truncated = response_mask_from_ids(response_ids, tok.eos_token_id)
+        response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
+        full_ids = torch.cat([input_ids, response_ids], dim=1)
+        full_mask = torch.cat([attention_mask, response_mask.long()], dim=1)
+        responses = decode_responses(tok, response_ids, response_mask)
+        group_ids = torch.arange(len(prompts), device=device).repeat_interleave(n)
+        return RolloutBatch(full_ids, full_mask, prompt_len, response_mask, responses, truncated, group_ids)
+
+
+def decode_responses(tokenizer: PreTrainedTokenizerBase, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Text of each response without special tokens."""
+    out = []
+    for ids, m in zip(response_ids.tolist(), mask.tolist()):
+        valid = [t for t, keep in zip(ids, m) if keep]
+        out.append(tokenizer.decode(valid, skip_special_tokens=True))
+    return out

@@ -1,0 +1,335 @@
+"""Typed, validated run configuration: YAML files plus dotted command-line overrides.
+
+    rlvr train                                    # embedded default
+    rlvr train -c siren                           # a packaged preset (src/rlvr/configs/siren.yaml)
+    rlvr train -c my.yaml train.steps=50 algo.advantage=canon algo.advantage.mu=0.7 model=PATH
+
+Every key is checked before any work starts: an unknown key or a bad value raises ConfigError naming
+the dotted key and the valid options (and method names/knobs are checked against the registries).
+Shorthands: ``model=PATH`` sets ``model.path``; ``task=NAME`` sets ``task.name``; a method given as
+a string is ``{name: ...}``; knobs may be written directly under a method (``algo.policy_loss.clip_high``)
+instead of under its ``kwargs``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlvr.algos.aggregation import AGG_MODES
+from rlvr.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors; assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Strict):
+    """The built-in Qwen2-style model built from a config (used when ``model.path`` is empty)."""
+
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("model.tiny.hidden_size must be divisible by model.tiny.num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("model.tiny.num_heads must be divisible by model.tiny.num_kv_heads")
+        return self
+
+
+class ModelConfig(Strict):
+    """Policy model: a local Hugging Face directory, or the tiny built-in model when ``path`` is null."""
+
+    path: str | None = None
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
+class TaskConfig(Strict):
+    """Verifiable task by registered name, with its knobs."""
+
+    name: str = "countdown"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _known_task(self) -> "TaskConfig":
+        from rlvr.tasks.base import tasks
+
+        tasks.check_knobs(self.name, self.kwargs, where="task")
+        return self
+
+
+class WarmStartConfig(Strict):
+    """Short supervised fine-tuning on each problem's worked ``solution`` before RL."""
+
+    steps: int | None = Field(None, ge=0, description="null: 400 for the built-in tiny model, 0 for model.path")
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(3e-3, gt=0)
+
+
+class RolloutConfig(Strict):
+    """Generation of ``group_size`` responses for each of ``prompts_per_step`` prompts."""
+
+    backend: Literal["hf"] = "hf"
+    group_size: int = Field(8, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    chat_template: Literal["auto", "on", "off"] = "auto"
+
+
+class MethodConfig(Strict):
+    """A registered method by name with its knobs (``kwargs``)."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict):
+            knobs = {k: v for k, v in value.items() if k not in ("name", "kwargs")}
+            if knobs:
+                merged = dict(value.get("kwargs") or {})
+                merged.update(knobs)
+                return {"name": value.get("name"), "kwargs": merged}
+        return value
+
+
+class AlgoConfig(Strict):
+    """The method pipeline: reward shaping -> advantage -> token weights -> policy loss + regularizers."""
+
+    advantage: MethodConfig = Field(default_factory=lambda: MethodConfig(name="grpo"))
+    policy_loss: MethodConfig = Field(default_factory=lambda: MethodConfig(name="ppo_clip"))
+    agg_mode: str = "token-mean"
+    reward_shaping: list[MethodConfig] = Field(default_factory=list)
+    token_weights: list[MethodConfig] = Field(default_factory=list)
+    regularizers: list[MethodConfig] = Field(default_factory=list)
+    controllers: list[MethodConfig] = Field(default_factory=list)
+
+    @field_validator("agg_mode")
+    @classmethod
+    def _agg_mode(cls, value: str) -> str:
+        if value not in AGG_MODES:
+            raise ValueError(f"'{value}' is not a loss aggregation mode; valid: {', '.join(AGG_MODES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> "AlgoConfig":
+        from rlvr.algos import REGISTRIES
+
+        REGISTRIES["advantage"].check_knobs(self.advantage.name, self.advantage.kwargs, "algo.advantage")
+        REGISTRIES["policy_loss"].check_knobs(self.policy_loss.name, self.policy_loss.kwargs, "algo.policy_loss")
+        stages = {
+            "reward_shaping": "reward",
+            "token_weights": "token_weight",
+            "regularizers": "regularizer",
+            "controllers": "controller",
+        }
+        for attr, stage in stages.items():
+            for i, method in enumerate(getattr(self, attr)):
+                REGISTRIES[stage].check_knobs(method.name, method.kwargs, f"algo.{attr}[{i}]")
+        return self
+
+
+class TrainConfig(Strict):
+    """Optimisation: PPO epochs over mini-batches, gradient accumulation over micro-batches."""
+
+    steps: int = Field(40, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = Field(0, ge=0)
+    ppo_epochs: int = Field(1, ge=1)
+    mini_batch_size: int | None = Field(None, ge=1)
+    micro_batch_size: int = Field(64, ge=1)
+    grad_clip: float = Field(1.0, gt=0)
+    logprob_chunk_size: int = Field(1024, ge=1)
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_consecutive_bad_steps: int = Field(3, ge=1)
+    reward_timeout_s: float = Field(10.0, gt=0)
+
+
+class EvalConfig(Strict):
+    """Held-out evaluation: greedy accuracy and pass@k from ``samples`` sampled responses."""
+
+    every: int = Field(10, ge=1)
+    num_problems: int = Field(128, ge=1)
+    samples: int = Field(8, ge=1)
+    pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    temperature: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _k_within_samples(self) -> "EvalConfig":
+        bad = [k for k in self.pass_k if k < 1 or k > self.samples]
+        if bad:
+            raise ValueError(f"eval.pass_k values {bad} must be between 1 and eval.samples={self.samples}")
+        return self
+
+
+class RunConfig(Strict):
+    """A whole run."""
+
+    seed: int = 0
+    output_dir: str = "runs/default"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def packaged_config_names() -> list[str]:
+    """Names of the preset YAML files shipped in ``rlvr/configs``."""
+    root = importlib.resources.files("rlvr") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_config_file(name_or_path: str) -> dict[str, Any]:
+    """Raw mapping from a YAML path or a packaged preset name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        text = path.read_text()
+    else:
+        packaged = importlib.resources.files("rlvr") / "configs" / f"{name_or_path}.yaml"
+        if not packaged.is_file():
+            raise ConfigError(
+                f"config '{name_or_path}' is neither a file nor a packaged preset; "
+                f"presets: {', '.join(packaged_config_names())}"
+            )
+        text = packaged.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config '{name_or_path}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{name_or_path}' must be a mapping of keys to values")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _valid_keys_at(path: list[str]) -> list[str]:
+    """Field names of the config section at ``path`` (for 'did you mean' messages)."""
+    model: Any = RunConfig
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
+    """Set ``a.b.c=value`` (value parsed as YAML) in the raw mapping ``data``."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like key.sub=value (e.g. train.steps=20)")
+    key, raw = override.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{override}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out = dict(data)
+    node: Any = out
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override '{override}': index '{part}' is out of range for a list of {len(node)}")
+            child = node[int(part)]
+        else:
+            child = node.get(part)
+        if isinstance(child, str):  # shorthand such as model=PATH or algo.advantage=canon
+            child = {"path": child} if part == "model" else {"name": child}
+        child = list(child) if isinstance(child, list) else dict(child) if isinstance(child, dict) else {}
+        if isinstance(node, list):
+            node[int(part)] = child
+        else:
+            node[part] = child
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override '{override}': index '{last}' is out of range for a list of {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        dotted = ".".join(loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent, name = loc[:-1], loc[-1]
+            valid = _valid_keys_at(parent)
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" (did you mean '{'.'.join(parent + close)}'?)" if close else ""
+            msg = f"unknown key{hint}; valid keys here: {', '.join(valid)}"
+        lines.append(f"{dotted}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- YAML file/preset <- dotted overrides, validated into a RunConfig."""
+    data = RunConfig().model_dump(mode="python")
+    if config:
+        data = _deep_merge(data, read_config_file(config))
+    for override in overrides:
+        data = apply_override(data, override)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"invalid config:\n  {exc}") from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what ``rlvr config show`` prints and each run saves)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,76 @@
+"""Policy forward over rollout rows: per-token log-probs and the entropies the methods ask for.
+
+Only the valid response positions go through the chunked log-prob / entropy kernels, so the cost
+of the LM head scales with the real number of response tokens, and the full ``tokens x vocab``
+logits are never held at once (``rlvr.ops``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from rlvr.ops import chunked_logprobs_entropy, chunked_top_p_entropy, last_hidden_states, output_head_weight
+from rlvr.rollout.base import RolloutBatch
+
+
+@dataclass
+class ForwardOutput:
+    """``(B, T)`` tensors aligned with the response mask (zero on padding)."""
+
+    logprobs: Tensor
+    entropy: Tensor | None = None
+    top_p_entropy: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TopPSpec:
+    """Top-p renormalised entropy settings (SIREN)."""
+
+    p: float = 0.8
+    top_k: int = 10000
+
+
+def policy_forward(
+    model: PreTrainedModel,
+    batch: RolloutBatch,
+    *,
+    temperature: float,
+    chunk_size: int,
+    with_entropy: bool,
+    top_p: TopPSpec | None = None,
+) -> ForwardOutput:
+    """Log-probs of the sampled response tokens (and entropies) under ``model``.
+
+    Gradients flow when called outside ``torch.no_grad``. Logits are divided by the sampling
+    temperature, as verl does, so that the old/current ratio refers to the sampling distribution.
+    """
+    hidden = last_hidden_states(model, batch.input_ids, batch.attention_mask)
+    prompt_len = batch.prompt_len
+    response_hidden = hidden[:, prompt_len - 1 : -1]
+    targets = batch.input_ids[:, prompt_len:]
+    valid = batch.response_mask.bool()
+    flat_hidden = response_hidden[valid]
+    flat_targets = targets[valid]
+    weight = output_head_weight(model)
+    logp, entropy = chunked_logprobs_entropy(
+        flat_hidden, weight, flat_targets, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
+    )
+    out = ForwardOutput(logprobs=_scatter(logp, valid))
+    if entropy is not None:
+        out.entropy = _scatter(entropy, valid)
+    if top_p is not None:
+        top_p_h, _ = chunked_top_p_entropy(
+            flat_hidden, weight, p=top_p.p, top_k=top_p.top_k, temperature=temperature, chunk_size=max(1, chunk_size // 4)
+        )
+        out.top_p_entropy = _scatter(top_p_h, valid)
+    return out
+
+
+def _scatter(values: Tensor, valid: Tensor) -> Tensor:
+    """Place flat per-token ``values`` back at the ``valid`` positions of a zero ``(B, T)`` grid."""
+    grid = torch.zeros(valid.shape, dtype=values.dtype, device=values.device)
+    return grid.masked_scatter(valid, values)

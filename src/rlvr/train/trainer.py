@@ -1,0 +1,544 @@
+"""The native RLVR trainer: rollout -> verifiable reward -> advantage -> PPO-style updates.
+
+One step:
+
+1. sample ``prompts_per_step`` training problems, generate ``group_size`` responses each (HF generate);
+2. score them with the task's verifier (crash/hang/NaN-safe), apply reward shapers;
+3. old (and reference) log-probs and entropies in one no-grad forward;
+4. advantages over the whole rollout batch; per-step ``prepare`` hooks of stateful methods;
+5. ``ppo_epochs`` passes over shuffled mini-batches, each accumulated over micro-batches with the
+   loss normalised by mini-batch totals (so micro-batching never changes the gradient), AdamW with
+   gradient clipping; a non-finite loss or gradient skips the update;
+6. metrics to ``metrics.jsonl``, checkpoint every ``checkpoint_every`` steps, held-out eval.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rlvr.algos import REGISTRIES, AlgoContext, Component
+from rlvr.errors import RLVRError
+from rlvr.rollout.base import RolloutBatch
+from rlvr.rollout.hf import HFRollout
+from rlvr.tasks.base import Problem, Task, tasks
+from rlvr.train.checkpoint import rng_state, require_checkpoint, save_checkpoint, set_rng_state
+from rlvr.train.config import RunConfig, dump_config
+from rlvr.train.evaluate import evaluate_heldout
+from rlvr.train.forward import TopPSpec, policy_forward
+from rlvr.train.logging import MetricsWriter
+from rlvr.train.rewards import safe_scores
+from rlvr.train.warmstart import warm_start
+
+TOP_P_FIELDS = {"top_p_entropy", "old_top_p_entropy"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model_and_tokenizer(cfg: RunConfig) -> tuple[Any, Any]:
+    """The tiny built-in model (``model.path`` null) or a local Hugging Face model."""
+    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    if cfg.model.path:
+        from rlvr.models.loading import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(cfg.model.path, dtype=dtype)
+    else:
+        from rlvr.models.tiny import char_tokenizer, tiny_qwen2
+
+        tokenizer = char_tokenizer()
+        t = cfg.model.tiny
+        model = tiny_qwen2(
+            tokenizer,
+            hidden_size=t.hidden_size,
+            num_layers=t.num_layers,
+            num_heads=t.num_heads,
+            num_kv_heads=t.num_kv_heads,
+            intermediate_size=t.intermediate_size,
+            seed=cfg.seed,
+        ).to(dtype)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+@dataclass
+class Pipeline:
+    """The built methods of one run, in stage order."""
+
+    advantage: Component
+    policy_loss: Component
+    reward_shaping: list[Component]
+    token_weights: list[Component]
+    regularizers: list[Component]
+    controllers: list[Component]
+    requires: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "Pipeline":
+        a = cfg.algo
+        built = dict(
+            advantage=REGISTRIES["advantage"].build(a.advantage.name, a.advantage.kwargs, "algo.advantage"),
+            policy_loss=REGISTRIES["policy_loss"].build(a.policy_loss.name, a.policy_loss.kwargs, "algo.policy_loss"),
+            reward_shaping=[REGISTRIES["reward"].build(m.name, m.kwargs) for m in a.reward_shaping],
+            token_weights=[REGISTRIES["token_weight"].build(m.name, m.kwargs) for m in a.token_weights],
+            regularizers=[REGISTRIES["regularizer"].build(m.name, m.kwargs) for m in a.regularizers],
+            controllers=[REGISTRIES["controller"].build(m.name, m.kwargs) for m in a.controllers],
+        )
+        pipeline = cls(**built)
+        pipeline.requires = frozenset().union(*(c.requires for c in pipeline.all()))
+        return pipeline
+
+    def all(self) -> list[Component]:
+        return [
+            self.advantage,
+            self.policy_loss,
+            *self.reward_shaping,
+            *self.token_weights,
+            *self.regularizers,
+            *self.controllers,
+        ]
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [c.state_dict() for c in self.all()]
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        for component, state in zip(self.all(), states):
+            component.load_state_dict(state)
+
+
+def top_p_spec(pipeline: Pipeline) -> TopPSpec | None:
+    """Top-p entropy settings when some method reads top-p entropy (knobs ``top_p``/``top_k`` if set)."""
+    if not pipeline.requires & TOP_P_FIELDS:
+        return None
+    for component in pipeline.all():
+        if component.requires & TOP_P_FIELDS:
+            fn = component.fn
+            return TopPSpec(p=getattr(fn, "top_p", 0.8), top_k=getattr(fn, "top_k", 10000))
+    return TopPSpec()
+
+
+def _percentiles(values: torch.Tensor, prefix: str) -> dict[str, float]:
+    if values.numel() == 0:
+        return {}
+    qs = torch.quantile(values.float(), torch.tensor([0.1, 0.5, 0.9, 0.99]))
+    return {
+        f"{prefix}/mean": float(values.mean()),
+        f"{prefix}/p10": float(qs[0]),
+        f"{prefix}/p50": float(qs[1]),
+        f"{prefix}/p90": float(qs[2]),
+        f"{prefix}/p99": float(qs[3]),
+    }
+
+
+class Trainer:
+    """Runs warm start + RL for one :class:`RunConfig`, writing everything under ``output_dir``."""
+
+    def __init__(self, cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> None:
+        self.cfg = cfg
+        self.console = console or Console(quiet=quiet)
+        self.run_dir = Path(cfg.output_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        seed_everything(cfg.seed)
+        self.task: Task = tasks.build(cfg.task.name, cfg.task.kwargs, "task").fn
+        self.pipeline = Pipeline.from_config(cfg)
+        self.model, self.tokenizer = build_model_and_tokenizer(cfg)
+        self.engine = HFRollout(self.tokenizer, cfg.rollout.chat_template)
+        self.ref_model: torch.nn.Module | None = None
+        self.data_rng = random.Random(cfg.seed)
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        self.heldout: list[Problem] = self.task.heldout_problems(cfg.eval.num_problems)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.step = 0
+        self.bad_steps = 0
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self.summary: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _warmstart_steps(self) -> int:
+        w = self.cfg.warmstart.steps
+        return w if w is not None else (400 if self.cfg.model.path is None else 0)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+
+    def _lr_at(self, step: int) -> float:
+        t = self.cfg.train
+        return t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
+
+    def _needs_ref(self) -> bool:
+        return "ref_logprobs" in self.pipeline.requires
+
+    def _make_ref(self) -> None:
+        if self._needs_ref():
+            self.ref_model = copy.deepcopy(self.model).eval()
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ref_model": self.ref_model.state_dict() if self.ref_model is not None else None,
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "pipeline": self.pipeline.state_dict(),
+            "rng": rng_state(),
+            "data_rng": self.data_rng.getstate(),
+            "shuffle_gen": self.shuffle_gen.get_state(),
+            "bad_steps": self.bad_steps,
+            "summary": self.summary,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if state.get("ref_model") is not None:
+            self._make_ref()
+            assert self.ref_model is not None
+            self.ref_model.load_state_dict(state["ref_model"])
+        self.optimizer = self._make_optimizer()
+        if state.get("optimizer"):
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.pipeline.load_state_dict(state["pipeline"])
+        set_rng_state(state["rng"])
+        self.data_rng.setstate(state["data_rng"])
+        self.shuffle_gen.set_state(state["shuffle_gen"])
+        self.bad_steps = state.get("bad_steps", 0)
+        self.summary = state.get("summary", {})
+        self.step = int(state["step"])
+
+    def save(self) -> Path:
+        return save_checkpoint(self.ckpt_root, self.step, self._checkpoint_state(), self.cfg.train.keep_checkpoints)
+
+    # ------------------------------------------------------------------ eval
+    def evaluate(self) -> dict[str, float]:
+        e = self.cfg.eval
+        return evaluate_heldout(
+            self.model,
+            self.engine,
+            self.heldout,
+            self.task.score,
+            samples=e.samples,
+            pass_k=e.pass_k,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            temperature=e.temperature,
+        )
+
+    # ------------------------------------------------------------------ one step
+    def _rollout(self) -> tuple[list[Problem], RolloutBatch]:
+        r = self.cfg.rollout
+        problems = self.task.train_problems(r.prompts_per_step, self.data_rng)
+        batch = self.engine.generate(
+            self.model,
+            [p.prompt for p in problems],
+            n=r.group_size,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+        )
+        per_response = [p for p in problems for _ in range(r.group_size)]
+        return per_response, batch
+
+    def _old_forward(self, batch: RolloutBatch, top_p: TopPSpec | None) -> dict[str, torch.Tensor]:
+        """Old-policy log-probs/entropies (and reference log-probs) of the whole batch, no grad."""
+        out: dict[str, torch.Tensor] = {}
+        mb = self.cfg.train.micro_batch_size
+        pieces: dict[str, list[torch.Tensor]] = {}
+        with torch.no_grad():
+            for start in range(0, batch.input_ids.shape[0], mb):
+                rows = batch.rows(torch.arange(start, min(start + mb, batch.input_ids.shape[0])))
+                old = policy_forward(
+                    self.model,
+                    rows,
+                    temperature=self.cfg.rollout.temperature,
+                    chunk_size=self.cfg.train.logprob_chunk_size,
+                    with_entropy=True,
+                    top_p=top_p,
+                )
+                pieces.setdefault("old_logprobs", []).append(old.logprobs)
+                pieces.setdefault("old_entropy", []).append(old.entropy)
+                if old.top_p_entropy is not None:
+                    pieces.setdefault("old_top_p_entropy", []).append(old.top_p_entropy)
+                if self.ref_model is not None:
+                    ref = policy_forward(
+                        self.ref_model,
+                        rows,
+                        temperature=self.cfg.rollout.temperature,
+                        chunk_size=self.cfg.train.logprob_chunk_size,
+                        with_entropy=False,
+                    )
+                    pieces.setdefault("ref_logprobs", []).append(ref.logprobs)
+        for key, parts in pieces.items():
+            out[key] = torch.cat(parts, dim=0)
+        return out
+
+    def _update(self, ctx: AlgoContext, batch: RolloutBatch, top_p: TopPSpec | None) -> dict[str, float]:
+        """PPO epochs over mini-batches with gradient accumulation; returns averaged metrics."""
+        assert self.optimizer is not None
+        t = self.cfg.train
+        needs = self.pipeline.requires
+        with_entropy = "entropy" in needs
+        n = ctx.batch_size
+        mini = t.mini_batch_size or n
+        sums: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
+        updates = skipped = 0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr_at(self.step)
+        for _epoch in range(t.ppo_epochs):
+            order = torch.randperm(n, generator=self.shuffle_gen)
+            for start in range(0, n, mini):
+                mini_idx = order[start : start + mini]
+                mini_mask = ctx.response_mask[mini_idx]
+                num_tokens = float(mini_mask.sum())
+                num_seqs = float((mini_mask.sum(-1) > 0).sum())
+                self.optimizer.zero_grad(set_to_none=True)
+                finite = True
+                for mstart in range(0, len(mini_idx), t.micro_batch_size):
+                    idx = mini_idx[mstart : mstart + t.micro_batch_size]
+                    mctx = ctx.select(idx)
+                    mctx.global_num_tokens = num_tokens
+                    mctx.global_num_seqs = num_seqs
+                    mctx.micro_batch_fraction = len(idx) / len(mini_idx)
+                    cur = policy_forward(
+                        self.model,
+                        batch.rows(idx),
+                        temperature=self.cfg.rollout.temperature,
+                        chunk_size=t.logprob_chunk_size,
+                        with_entropy=with_entropy,
+                        top_p=top_p,
+                    )
+                    mctx.logprobs, mctx.entropy, mctx.top_p_entropy = cur.logprobs, cur.entropy, cur.top_p_entropy
+                    loss, metrics = self._micro_loss(mctx)
+                    if not torch.isfinite(loss):
+                        finite = False
+                        break
+                    loss.backward()
+                    for key, value in metrics.items():
+                        sums[key] += value * len(idx)
+                        counts[key] += len(idx)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                if not finite or not torch.isfinite(grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+                self.optimizer.step()
+                updates += 1
+                sums["train/grad_norm"] += float(grad_norm)
+                counts["train/grad_norm"] += 1
+        out = {k: sums[k] / counts[k] for k in sums}
+        out["train/updates"] = updates
+        out["train/skipped_updates"] = skipped
+        return out
+
+    def _micro_loss(self, mctx: AlgoContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """Policy loss (token-weighted, aggregated) + regularizers for one micro-batch."""
+        metrics: dict[str, float] = {}
+        weights = torch.ones_like(mctx.response_mask)
+        loss_mask = mctx.response_mask
+        for component in self.pipeline.token_weights:
+            tw = component(mctx)
+            weights = weights * tw.weights
+            if tw.loss_mask is not None:
+                loss_mask = loss_mask * tw.loss_mask
+            metrics.update(tw.metrics)
+        out = self.pipeline.policy_loss(mctx)
+        metrics.update(out.metrics)
+        if out.loss is not None:
+            loss = out.loss
+        else:
+            loss = mctx.aggregate(out.per_token * weights, mask=loss_mask)
+        metrics["train/pg_loss"] = float(loss.detach())
+        for component in self.pipeline.regularizers:
+            reg = component(mctx)
+            loss = loss + reg.loss
+            metrics.update(reg.metrics)
+        metrics["train/loss"] = float(loss.detach())
+        return loss, metrics
+
+    def train_step(self) -> dict[str, Any]:
+        """One full RL step; returns its metrics record."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        problems, batch = self._rollout()
+        t_gen = time.perf_counter() - t0
+        scores, failures = safe_scores(self.task.score, problems, batch.responses, cfg.train.reward_timeout_s)
+        rewards = torch.tensor(scores, dtype=torch.float32)
+        correct = rewards >= 1.0
+        top_p = top_p_spec(self.pipeline)
+        old = self._old_forward(batch, top_p)
+        ctx = AlgoContext(
+            response_mask=batch.response_mask,
+            rewards=rewards,
+            group_ids=batch.group_ids,
+            correct=correct,
+            truncated=batch.truncated,
+            prompt_ids=[p.id for p in problems],
+            step=self.step,
+            max_response_length=cfg.rollout.max_new_tokens,
+            agg_mode=cfg.algo.agg_mode,
+            generator=self.shuffle_gen,
+            **old,
+        )
+        record: dict[str, Any] = {"step": self.step + 1}
+        for shaper in self.pipeline.reward_shaping:
+            ctx.rewards = shaper(ctx)
+        for component in self.pipeline.all():
+            record.update(component.prepare(ctx))
+        ctx.advantages = self.pipeline.advantage(ctx)
+        update_metrics = self._update(ctx, batch, top_p)
+        for component in self.pipeline.controllers:
+            record.update(component.fn.after_step(update_metrics) or {})
+        self.step += 1
+        elapsed = time.perf_counter() - t0
+        mask = batch.response_mask.bool()
+        lengths = batch.response_mask.sum(-1)
+        record.update(
+            {
+                "reward/mean": float(ctx.rewards.mean()),
+                "reward/std": float(ctx.rewards.std()) if ctx.rewards.numel() > 1 else 0.0,
+                "reward/base_mean": float(rewards.mean()),
+                "accuracy": float(correct.float().mean()),
+                "reward/failures": sum(failures.values()),
+                **{f"reward/failures_{k}": v for k, v in failures.items()},
+                "response_length/mean": float(lengths.mean()),
+                "response_length/max": float(lengths.max()),
+                "response_length/truncated_frac": float(batch.truncated.float().mean()),
+                **_percentiles(old["old_entropy"][mask], "entropy"),
+                **update_metrics,
+                "train/lr": self._lr_at(self.step - 1),
+                "time/step_s": elapsed,
+                "time/generate_s": t_gen,
+                "throughput/tokens_per_s": batch.num_response_tokens / max(elapsed, 1e-9),
+            }
+        )
+        if "ref_logprobs" in old:
+            diff = old["old_logprobs"] - old["ref_logprobs"]
+            record["kl/k1_mean"] = float(diff[mask].mean())
+        if "old_top_p_entropy" in old:
+            record.update(_percentiles(old["old_top_p_entropy"][mask], "top_p_entropy"))
+        if update_metrics.get("train/skipped_updates", 0) and not update_metrics.get("train/updates", 0):
+            self.bad_steps += 1
+            warnings.warn(f"step {self.step}: non-finite loss or gradient, update skipped ({self.bad_steps} in a row)")
+            if self.bad_steps >= cfg.train.max_consecutive_bad_steps:
+                raise RLVRError(
+                    f"{self.bad_steps} consecutive steps had a non-finite loss or gradient; stopping "
+                    f"(last good checkpoint under {self.ckpt_root}); lower train.lr or check the rewards"
+                )
+        else:
+            self.bad_steps = 0
+        return record
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        if resume:
+            path, state = require_checkpoint(self.ckpt_root)
+            self._restore(state)
+            self.metrics.truncate_after_step(self.step)
+            self.console.print(f"[bold]resumed[/] from {path} at step {self.step}")
+        else:
+            if self.metrics.path.exists():
+                self.metrics.path.unlink()
+            self._warm_start()
+            self._make_ref()
+            self.optimizer = self._make_optimizer()
+            before = self.evaluate()
+            self.summary["before"] = before
+            self.metrics.write({"step": 0, **before})
+            self.console.print(f"after warm start: {_fmt_eval(before)}")
+        with _progress(self.console) as progress:
+            bar = progress.add_task("RL", total=cfg.train.steps, completed=self.step, info="")
+            while self.step < cfg.train.steps:
+                record = self.train_step()
+                if self.step % cfg.eval.every == 0 or self.step == cfg.train.steps:
+                    record.update(self.evaluate())
+                self.metrics.write(record)
+                if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
+                    self.save()
+                info = f"reward {record['reward/mean']:.3f} acc {record['accuracy']:.3f} H {record.get('entropy/mean', 0):.3f}"
+                progress.update(bar, completed=self.step, info=info)
+        self.summary["after"] = last_eval(self.metrics.path)
+        self._finish()
+        return self.summary
+
+    def _warm_start(self) -> None:
+        steps = self._warmstart_steps()
+        if steps <= 0:
+            return
+        w = self.cfg.warmstart
+        with _progress(self.console) as progress:
+            bar = progress.add_task("warm start", total=steps, info="")
+            warm_start(
+                self.model,
+                self.tokenizer,
+                self.task,
+                steps=steps,
+                batch_size=w.batch_size,
+                lr=w.lr,
+                rng=random.Random(self.cfg.seed + 1),
+                chat_template=self.cfg.rollout.chat_template,
+                on_step=lambda s, loss: progress.update(bar, completed=s, info=f"loss {loss:.3f}"),
+            )
+
+    def _finish(self) -> None:
+        from rlvr.eval.report import write_run_report
+
+        final_dir = self.run_dir / "final_model"
+        self.model.save_pretrained(final_dir)
+        self.tokenizer.save_pretrained(final_dir)
+        report = write_run_report(self.run_dir)
+        before, after = self.summary.get("before", {}), self.summary.get("after", {})
+        self.console.print(f"after RL ({self.step} steps): {_fmt_eval(after)}")
+        key = "eval/accuracy_greedy"
+        if key in before and key in after:
+            self.console.print(
+                f"[bold]held-out greedy accuracy: {before[key]:.3f} (warm start) -> {after[key]:.3f} (RL)[/]"
+            )
+        self.console.print(f"run directory: {self.run_dir}  report: {report}")
+
+
+def last_eval(metrics_path: Path) -> dict[str, float]:
+    """The last held-out evaluation in metrics.jsonl (the final step always evaluates)."""
+    from rlvr.train.logging import read_metrics
+
+    for record in reversed(read_metrics(metrics_path)):
+        if "eval/accuracy_greedy" in record:
+            return {k: v for k, v in record.items() if k.startswith("eval/")}
+    return {}
+
+
+def _fmt_eval(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )

@@ -1,0 +1,261 @@
+"""Answer extraction and math-verify based verification, on real benchmark rows and hostile inputs."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import rlvr.tasks.math as mathmod
+from rlvr.tasks.math import (
+    MAX_VERIFY_CHARS,
+    clean_answer,
+    extract_boxed,
+    extract_hash_answer,
+    input_ok,
+    shutdown_verifier,
+    verify_math,
+    warm_up_verifier,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared/data/math"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
+SLACK_S = 0.75
+
+
+def rows(name: str) -> list[dict]:
+    path = DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def verify_all(pairs: list[tuple[str, str]]) -> list[bool]:
+    """verify_math(response, reference) over pairs, two at a time (the pool has two workers)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda pair: verify_math(*pair), pairs))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm() -> None:
+    warm_up_verifier()
+    assert verify_math("1", "1")
+
+
+# ---------------------------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so \\boxed{42}.", "42"),
+        ("\\boxed{1} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("$\\boxed{\\left\\{ 1, 2 \\right\\}}$", "\\left\\{ 1, 2 \\right\\}"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed{3} and \\fbox{x^{2}}", "x^{2}"),
+        ("answer: $\\boxed 5$", "5"),
+        ("\\boxed { 9 }", "9"),
+        ("\\boxed{12} \\boxedtext{3}", "12"),
+        ("no box here", None),
+        ("truncated \\boxed{\\frac{1}{2", None),
+        ("\\boxed $5$", None),
+        ("\\boxed", None),
+        ("", None),
+    ],
+)
+def test_extract_boxed(text: str, expected: str | None) -> None:
+    assert extract_boxed(text) == expected
+
+
+def test_extractors_never_raise_on_random_text() -> None:
+    rng = random.Random(0)
+    alphabet = "\\boxedfx{}$# 0123456789,\n"
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        for marker in ("", "\\boxed", "\\fbox", "####"):
+            spliced = text[: len(text) // 2] + marker + text[len(text) // 2 :]
+            assert extract_boxed(spliced) is None or isinstance(extract_boxed(spliced), str)
+            assert extract_hash_answer(spliced) is None or isinstance(extract_hash_answer(spliced), str)
+
+
+def test_extract_boxed_is_linear_on_deep_nesting() -> None:
+    text = "\\boxed{" + "{" * 100_000 + "1" + "}" * 100_000 + "}"
+    start = time.perf_counter()
+    assert extract_boxed(text) == "{" * 100_000 + "1" + "}" * 100_000
+    assert extract_boxed("\\boxed{" + "{" * 100_000) is None
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("a\n#### 1,234", "1234"), ("#### 18\n", "18"), ("x #### -3.5", "-3.5"), ("#### $1,000", "1000"), ("no marker", None)],
+)
+def test_extract_hash_answer(text: str, expected: str | None) -> None:
+    assert extract_hash_answer(text) == expected
+
+
+@needs_data
+def test_gsm8k_hash_answers_all_rows() -> None:
+    data = rows("gsm8k.jsonl")
+    assert len(data) == 1319
+    bad = []
+    for row in data:
+        answer = extract_hash_answer(row["answer"])
+        if answer is None or not answer.lstrip("-").replace(".", "", 1).isdigit():
+            bad.append((answer, row["answer"][-60:]))
+    print(f"gsm8k: {len(bad)} rows without a numeric #### answer: {bad[:10]}")
+    assert not bad
+
+
+# ---------------------------------------------------------------------------------------------- verification
+
+
+@pytest.mark.parametrize(
+    ("response", "reference", "expected"),
+    [
+        ("0.5", "\\frac{1}{2}", True),
+        ("\\frac{\\sqrt 2}{2}", "\\sqrt{2}/2", True),
+        ("\\boxed{0.5}", "1/2", True),
+        ("17", "18", False),
+        ("\\$36", "36", True),
+        ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+        ("x^2+2x+1", "(x+1)^2", True),
+        ("\\text{(C)}", "\\text{(C)}", True),
+        ("", "1", False),
+        ("1", "", False),
+    ],
+)
+def test_verify_math_basic(response: str, reference: str, expected: bool) -> None:
+    assert verify_math(response, reference) is expected
+
+
+def test_verify_math_never_raises_on_junk() -> None:
+    for junk in [None, 5, b"1", "\\", "}{", "\\frac{", "$$$", "\x00", "\\boxed{"]:
+        assert verify_math(junk, "1") is False  # type: ignore[arg-type]
+
+
+def test_input_guard() -> None:
+    assert input_ok("\\frac{1}{2}")
+    assert not input_ok("x" * (MAX_VERIFY_CHARS + 1))
+    assert not input_ok("{" * 100 + "}" * 100)
+    assert not input_ok("1" * 5000)
+    assert not input_ok("   ")
+
+
+@needs_data
+def test_math500_boxed_solution_matches_answer() -> None:
+    data = rows("math500.jsonl")
+    pairs = [(clean_answer(extract_boxed(r["solution"]) or ""), r["answer"]) for r in data]
+    start = time.perf_counter()
+    results = verify_all(pairs)
+    elapsed = time.perf_counter() - start
+    failures = [pair for pair, ok in zip(pairs, results) if not ok]
+    print(f"math500: {len(data) - len(failures)}/{len(data)} verified in {elapsed:.1f} s; failures: {failures}")
+    assert len(failures) <= 0.01 * len(data)
+
+
+@needs_data
+def test_minerva_boxed_solution_verifies_against_itself() -> None:
+    data = rows("minerva_math.jsonl")
+    boxed = [extract_boxed(r["solution"]) for r in data]
+    missing = [r["solution"][-80:] for r, b in zip(data, boxed) if b is None]
+    answers = [clean_answer(b) for b in boxed if b is not None]
+    start = time.perf_counter()
+    results = verify_all([(a, a) for a in answers])
+    elapsed = time.perf_counter() - start
+    failures = [a for a, ok in zip(answers, results) if not ok]
+    print(f"minerva: {len(answers) - len(failures)}/{len(data)} verified in {elapsed:.1f} s; no box: {missing}; failures: {failures}")
+    assert len(failures) + len(missing) <= 0.01 * len(data)
+
+
+@needs_data
+def test_wrong_answers_fail() -> None:
+    math500 = rows("math500.jsonl")[::5]
+    minerva = rows("minerva_math.jsonl")[::9]
+    pairs = [(f"{clean_answer(extract_boxed(r['solution']) or '')}+1", r["answer"]) for r in math500]
+    for row in minerva:
+        answer = clean_answer(extract_boxed(row["solution"]) or "")
+        pairs.append(("\\frac{12345}{678}", answer))
+    results = verify_all(pairs)
+    passed = [pair for pair, ok in zip(pairs, results) if ok]
+    print(f"wrong answers accepted: {passed}")
+    assert len(passed) <= 0.01 * len(pairs)
+
+
+# ---------------------------------------------------------------------------------------------- time limits
+
+PATHOLOGICAL = {
+    "nested_braces_100k": "{" * 100_000 + "1" + "}" * 100_000,
+    "digits_1e6": "1" * 1_000_000,
+    "latex_1MB": "\\frac{1}{2}+" * 90_000 + "1",
+    "latex_18k_chars": "\\frac{1}{2}+" * 1_500 + "1",
+    "power_tower": "9^{9^{9^{9}}}",
+    "huge_power": "2^{2^{100}}",
+    "factorial": "100000!",
+    "deep_fracs": "\\frac{1}{" * 60 + "2" + "}" * 60,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+def test_pathological_inputs_return_false_within_timeout(name: str) -> None:
+    timeout_s = 0.5
+    text = PATHOLOGICAL[name]
+    for response, reference in [(text, "1"), ("1", text)]:
+        start = time.perf_counter()
+        assert verify_math(response, reference, timeout_s=timeout_s) is False
+        elapsed = time.perf_counter() - start
+        print(f"{name}: {elapsed:.3f} s")
+        assert elapsed < timeout_s + SLACK_S
+
+
+def test_timeout_works_outside_the_main_thread() -> None:
+    results: list[tuple[bool, float, bool]] = []
+
+    def run() -> None:
+        start = time.perf_counter()
+        slow = verify_math("9^{9^{9^{9}}}", "1", timeout_s=1.0)
+        elapsed = time.perf_counter() - start
+        results.append((slow, elapsed, verify_math("0.5", "\\frac{1}{2}")))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert results and results[0][0] is False and results[0][1] < 1.0 + SLACK_S and results[0][2] is True
+
+
+def test_concurrent_callers() -> None:
+    pairs = [(str(i), str(i)) for i in range(20)] + [(str(i), str(i + 1)) for i in range(20)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda pair: verify_math(*pair), pairs))
+    assert results == [True] * 20 + [False] * 20
+
+
+def test_stuck_worker_is_killed_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker stuck where signals cannot reach it (C code) is killed; the call still returns on time."""
+    hanging = mathmod._WORKER_SOURCE.replace(
+        "from math_verify import parse, verify",
+        "import time\n"
+        "def parse(text, **kwargs):\n"
+        "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+        "    time.sleep(600)\n"
+        "verify = parse",
+    )
+    assert hanging != mathmod._WORKER_SOURCE
+    shutdown_verifier()
+    monkeypatch.setattr(mathmod, "_WORKER_SOURCE", hanging)
+    try:
+        verify_math("1", "1", timeout_s=1.0)  # starts the (hanging) workers
+        start = time.perf_counter()
+        assert verify_math("1", "1", timeout_s=1.0) is False
+        assert time.perf_counter() - start < 1.0 + SLACK_S
+        pool = mathmod._pool()
+        assert len(pool._all) <= pool.max_workers  # killed workers were replaced, not leaked
+    finally:
+        shutdown_verifier()
+        monkeypatch.undo()
+    assert verify_math("0.5", "1/2") is True  # a fresh, working pool
