@@ -23,11 +23,15 @@ What "peak memory" measures:
   tensor memory; if ``clear_refs`` is unavailable it falls back to ``ru_maxrss`` minus the RSS
   before the call (same thing, without the reset).
 
-Time is the wall-clock of forward+backward (min over ``--repeats``; the memory run is the first
-repeat). Defaults (N=2048, D=512, V in 32k/64k/128k/152k) run in a few minutes on 2 CPU cores.
+Time is the wall-clock of forward+backward after a small warm-up on 64 rows (min over
+``--repeats``; the memory run is the first repeat). On CPU every run pays the page faults of its
+fresh large allocations (glibc returns big blocks to the OS), which is part of the naive cost.
 
-Usage: ``python benchmarks/ops.py [--n 2048] [--d 512] [--vocab 32000,65536,128256,151936]
-[--chunk 1024] [--top-p-chunk 256] [--ops logprobs,top_p] [--device cpu|cuda] [--dtype float32]``
+Defaults (N=1024, D=512, chunk 512 / 256, V in 32k/64k/128k/152k) take about 3-4 minutes on 2 CPU
+cores.
+
+Usage: ``python benchmarks/ops.py [--n 1024] [--d 512] [--vocab 32000,65536,128256,151936]
+[--chunk 512] [--top-p-chunk 256] [--ops logprobs,top_p] [--device cpu|cuda] [--dtype float32]``
 """
 
 from __future__ import annotations
@@ -145,6 +149,12 @@ def measure(op: str, impl: str, vocab: int, args: argparse.Namespace) -> dict[st
     torch.manual_seed(0)
     hidden = torch.randn(args.n, args.d, device=device).to(dtype).requires_grad_()
     weight = (torch.randn(vocab, args.d, device=device) * args.d**-0.5 * 3).to(dtype).requires_grad_()
+    # warm-up on a few rows (thread pools, kernel selection); the peak-memory reset below forgets it
+    warm = hidden.detach()[: min(args.n, 64)].clone().requires_grad_()
+    make_step(op, impl, args, warm, weight)()
+    _sync(device)
+    del warm
+    weight.grad = None
     step = make_step(op, impl, args, hidden, weight)
     times: list[float] = []
     peak = float("nan")
@@ -210,10 +220,10 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=2048, help="tokens (rows)")
+    parser.add_argument("--n", type=int, default=1024, help="tokens (rows)")
     parser.add_argument("--d", type=int, default=512, help="hidden size")
     parser.add_argument("--vocab", default="32000,65536,128256,151936", help="comma-separated vocab sizes")
-    parser.add_argument("--chunk", type=int, default=1024, help="chunk size for logprobs")
+    parser.add_argument("--chunk", type=int, default=512, help="chunk size for logprobs (library default 1024)")
     parser.add_argument("--top-p-chunk", type=int, default=256, help="chunk size for top-p entropy")
     parser.add_argument("--ops", default="logprobs,top_p", help="comma-separated: logprobs,top_p")
     parser.add_argument("--p", type=float, default=0.8)

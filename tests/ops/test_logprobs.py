@@ -73,7 +73,9 @@ def test_only_logp_used_and_without_entropy() -> None:
     ref_logp, _ = naive_logprobs_entropy(hidden, weight, targets, temperature=0.9)
     ref_gh, ref_gw = torch.autograd.grad((g_logp * ref_logp).sum(), (hidden, weight))
     for with_entropy in (True, False):
-        logp, ent = chunked_logprobs_entropy(hidden, weight, targets, temperature=0.9, chunk_size=5, with_entropy=with_entropy)
+        logp, ent = chunked_logprobs_entropy(
+            hidden, weight, targets, temperature=0.9, chunk_size=5, with_entropy=with_entropy
+        )
         assert (ent is None) == (not with_entropy)
         gh, gw = torch.autograd.grad((g_logp * logp).sum(), (hidden, weight))
         assert _max_diff(logp, ref_logp) <= TOL
@@ -183,7 +185,8 @@ def test_response_logprobs_matches_model_logits() -> None:
     model = _tiny_qwen2()
     input_ids, attention_mask, start = _left_padded_batch()
     gen = torch.Generator().manual_seed(2)
-    g1, g2 = torch.randn(3, input_ids.shape[1] - start, generator=gen), torch.randn(3, input_ids.shape[1] - start, generator=gen)
+    n_resp = input_ids.shape[1] - start
+    g1, g2 = torch.randn(3, n_resp, generator=gen), torch.randn(3, n_resp, generator=gen)
 
     logp, ent = response_logprobs(model, input_ids, attention_mask, start, temperature=0.7, chunk_size=4)
     assert logp.shape == ent.shape == (3, input_ids.shape[1] - start)
@@ -201,7 +204,8 @@ def test_response_logprobs_explicit_positions_and_peft() -> None:
     positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
     logp, _ = response_logprobs(model, input_ids, attention_mask, start, position_ids=positions, with_entropy=False)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
-    ref = torch.log_softmax(out.logits[:, start - 1 : -1].float(), -1).gather(-1, input_ids[:, start:, None]).squeeze(-1)
+    ref = torch.log_softmax(out.logits[:, start - 1 : -1].float(), -1)
+    ref = ref.gather(-1, input_ids[:, start:, None]).squeeze(-1)
     assert _max_diff(logp, ref) <= TOL
 
     peft = pytest.importorskip("peft")

@@ -65,12 +65,14 @@ def test_matches_naive(n: int, v: int, chunk: int, temperature: float, p: float,
     exact = _naive(hidden.double(), weight.double(), g.double(), **kw)
     n_empty = int((got[0] == 0).sum())
     assert 0 < n_empty < n, "test inputs should mix empty and non-empty top-p sets"
-    for name, a, b, e in zip(("top_p_entropy", "full_entropy", "grad_hidden", "grad_weight"), got, ref32, exact, strict=True):
+    names = ("top_p_entropy", "full_entropy", "grad_hidden", "grad_weight")
+    for name, a, b, e in zip(names, got, ref32, exact, strict=True):
         assert a.dtype == torch.float32, name
         assert _max_diff(a, e) <= _tol(e), f"{name} vs float64: {_max_diff(a, e)}"
         assert _max_diff(a, b) <= _tol(e), f"{name} vs fp32 naive: {_max_diff(a, b)}"
     # the detached full entropy is the ordinary full-vocab entropy
-    _, ent = naive_logprobs_entropy(hidden.double(), weight.double(), torch.zeros(n, dtype=torch.long), temperature=temperature)
+    dummy_targets = torch.zeros(n, dtype=torch.long)
+    _, ent = naive_logprobs_entropy(hidden.double(), weight.double(), dummy_targets, temperature=temperature)
     assert _max_diff(got[1], ent) <= _tol(ent)
 
 

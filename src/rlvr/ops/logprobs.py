@@ -11,7 +11,8 @@ entropy-aware advantages and monitoring) the token entropy over the whole vocabu
 Materialising ``z`` for every token costs ``N x V`` floats (2048 tokens x 152k vocab = 1.2 GB in
 fp32, several times that once autograd keeps softmax outputs). :func:`chunked_logprobs_entropy`
 computes the same values ``chunk_size`` tokens at a time and recomputes each chunk's logits in the
-backward pass, so the extra memory is ``O(chunk_size x V)``. This is the scheme verl uses in
+backward pass, so the extra memory is ``O(chunk_size x V)`` (two re-used ``(chunk, V)`` float32
+workspaces) besides the ``V x D`` weight gradient. This is the scheme verl uses in
 ``FusedLinearForPPO`` (anchors.md section 1.4); the code here is written from the formulas.
 
 All per-chunk arithmetic is done in float32 (float64 when the inputs are float64), whatever the
@@ -22,15 +23,17 @@ forward and of the backward call.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
     "chunked_logprobs_entropy",
+    "default_position_ids",
     "last_hidden_states",
     "naive_logprobs_entropy",
+    "output_head_weight",
     "response_logprobs",
 ]
 
@@ -123,15 +126,16 @@ class _ChunkedLogProbEntropy(torch.autograd.Function):
             w_c = weight.detach().to(dtype)
             rows = min(chunk_size, n)
             z_buf = workspace(rows, weight.shape[0], dtype, hidden.device)
-            p_buf = workspace(rows, weight.shape[0], dtype, hidden.device)
+            p_buf = workspace(rows, weight.shape[0], dtype, hidden.device) if with_entropy else None
             for s in range(0, n, chunk_size):
                 e = min(s + chunk_size, n)
                 z = chunk_logits(hidden[s:e], w_c, temperature, out=z_buf[: e - s])
-                stats = _shifted_softmax_stats_(z, p_buf[: e - s], with_entropy)
-                lse[s:e] = stats.lse
-                logp[s:e] = z.gather(1, targets[s:e, None]).squeeze(1) - stats.log_sum
-                if with_entropy:
-                    ent[s:e] = stats.entropy
+                target_z = z.gather(1, targets[s:e, None]).squeeze(1)
+                lse_c, ent_c = _logsumexp_entropy_(z, p_buf[: e - s] if p_buf is not None else None)
+                lse[s:e] = lse_c
+                logp[s:e] = target_z - lse_c
+                if ent_c is not None:
+                    ent[s:e] = ent_c
             del w_c, z_buf, p_buf
         ctx.save_for_backward(hidden, weight, targets, lse, ent)
         ctx.temperature = temperature
@@ -185,28 +189,20 @@ class _ChunkedLogProbEntropy(torch.autograd.Function):
         return grad_h, finish_weight_grad(grad_w, weight), None, None, None, None
 
 
-class _SoftmaxStats(NamedTuple):
-    lse: Tensor  # logsumexp(z)
-    log_sum: Tensor  # log sum exp(z - max); lse = max + log_sum
-    entropy: Tensor | None
-
-
-def _shifted_softmax_stats_(z: Tensor, p_buf: Tensor, with_entropy: bool) -> _SoftmaxStats:
-    """logsumexp and entropy of each row of ``z``; shifts ``z`` in place to ``z - max`` (<= 0).
+def _logsumexp_entropy_(z: Tensor, p_buf: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Row-wise ``logsumexp(z)`` and, if a workspace ``p_buf`` is given, the entropy; destroys ``z``.
 
     With ``u = z - max`` and ``s = sum exp(u)``: ``lse = max + log s`` and
     ``H = lse - E_p[z] = log s - E_p[u]``, a sum of two non-negative terms (no cancellation).
-    ``p_buf`` (same shape) receives ``exp(u)``.
+    Without ``p_buf`` the exponentials overwrite ``z`` and no entropy is computed.
     """
     row_max = z.amax(dim=-1, keepdim=True)
     u = z.sub_(row_max)
-    e = torch.exp(u, out=p_buf)
+    e = torch.exp(u, out=p_buf) if p_buf is not None else u.exp_()
     total = e.sum(dim=-1)
     log_sum = total.log()
-    entropy = None
-    if with_entropy:
-        entropy = log_sum - torch.einsum("ij,ij->i", e, u) / total
-    return _SoftmaxStats(row_max.squeeze(-1) + log_sum, log_sum, entropy)
+    entropy = log_sum - torch.einsum("ij,ij->i", e, u) / total if p_buf is not None else None
+    return row_max.squeeze(-1) + log_sum, entropy
 
 
 def _dlogits_(

@@ -80,8 +80,10 @@ class _ChunkedTopPEntropy(torch.autograd.Function):
             for s in range(0, n, chunk_size):
                 e = min(s + chunk_size, n)
                 z = chunk_logits(hidden[s:e], w_c, temperature, out=z_buf[: e - s])
-                u = z.sub_(z.amax(dim=-1, keepdim=True))  # shifted logits, max 0
-                top_u, top_idx = torch.topk(u, k, dim=-1, sorted=True)
+                top_z, top_idx = torch.topk(z, k, dim=-1, sorted=True)  # ranks by z, as backward does
+                row_max = top_z[:, :1].clone()
+                top_u = top_z.sub_(row_max)
+                u = z.sub_(row_max)  # shifted logits, max 0
                 exp_u = torch.exp(u, out=p_buf[: e - s])
                 total = exp_u.sum(dim=-1)
                 log_sum = total.log()
