@@ -94,3 +94,13 @@ def test_entropy_bonus() -> None:
     ctx.agg_mode = "seq-mean-token-mean"
     assert regularizer.build("entropy_bonus", {"coef": 0.01})(ctx).loss.item() == pytest.approx(-0.0275)
     assert regularizer.entry("entropy_bonus").requires == frozenset({"entropy"})
+
+
+def test_entropy_bonus_agg_mode_override() -> None:
+    # Two rows: entropies [1, 3] (2 tokens) and [2] (1 token).
+    # token-mean = (1+3+2)/3 = 2;  seq-mean-token-mean = (2 + 2)/2 = 2;  seq-mean-token-sum = (4+2)/2 = 3.
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    ctx = AlgoContext(response_mask=mask, entropy=torch.tensor([[1.0, 3.0], [2.0, 9.0]]), agg_mode="token-mean")
+    assert regularizer.build("entropy_bonus", {"coef": 0.5})(ctx).loss.item() == pytest.approx(-1.0)
+    out = regularizer.build("entropy_bonus", {"coef": 0.5, "agg_mode": "seq-mean-token-sum"})(ctx)
+    assert out.loss.item() == pytest.approx(-1.5)

@@ -251,20 +251,6 @@ NAIVE_H = torch.tensor([[1.0, 2.0, 3.0, NAN], [4.0, 1.0, NAN, NAN]])
 NAIVE_M = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
 
 
-def test_entropy_naive() -> None:
-    # seq-mean-token-mean: (2 + 2.5) / 2 = 2.25 -> loss = -0.005 * 2.25 * 1 = -0.01125
-    ctx = AlgoContext(response_mask=NAIVE_M, entropy=NAIVE_H, agg_mode="token-mean")
-    out = regularizer.build("entropy_naive", {})(ctx)
-    assert out.loss.item() == pytest.approx(-0.01125)
-    assert out.metrics["entropy_naive/entropy"] == pytest.approx(2.25)
-    # agg_mode null follows ctx.agg_mode (official): token-mean 11 / 5 = 2.2, f = 0.5
-    #   -> -0.005 * 2.2 * 0.5 = -0.0055
-    ctx.micro_batch_fraction = 0.5
-    assert regularizer.build("entropy_naive", {"agg_mode": None})(ctx).loss.item() == pytest.approx(-0.0055)
-    with pytest.raises(ConfigError, match="agg_mode"):
-        regularizer.build("entropy_naive", {"agg_mode": "mean"})(ctx)
-
-
 def test_entropy_adaptive_step_updates() -> None:
     reg = regularizer.build("entropy_adaptive", {"coef": 0.01, "lr_c": 0.1})
     step1 = AlgoContext(response_mask=NAIVE_M, old_entropy=NAIVE_H)  # H_bar = 2.25

@@ -28,7 +28,8 @@ Registered names (``requires`` is static per name, so each ablation has its own 
 * ``siren``            top-p entropy + peak mask + anchor (the method).
 * ``siren_wo_topp``    full-vocabulary entropy + peak mask + anchor (official ``abla_wo_topp``).
 * ``siren_wo_anchor``  ``-coef * H_sel``, top-p + peak mask (official ``abla_wo_anchor``).
-* ``entropy_naive``    ``-coef * H_bar`` over all tokens (official ``naive_entropy_reg``).
+* naive entropy bonus: the official ``naive_entropy_reg`` is ``entropy_bonus`` (entropy_bonus.py),
+  aggregated with the run's loss mode as in the official actor.
 * ``entropy_adaptive`` ``-c * H_bar`` with ``c <- max(0, c + lr_c (H_anchor - H_bar))``
   (official ``naive_entropy_reg_adaptive``).
 """
@@ -308,26 +309,6 @@ def _mean_entropy(values: Tensor, ctx: AlgoContext, agg_mode: str | None) -> Ten
     """``H_bar``: ``values`` aggregated over all response tokens with local (micro-batch) normalisers."""
     clean = torch.where(ctx.response_mask > 0, values, torch.zeros_like(values))
     return aggregate(clean, ctx.response_mask, agg_mode or ctx.agg_mode, norm_length=ctx.padded_length)
-
-
-@regularizer.register("entropy_naive", requires=("entropy",))
-def entropy_naive(ctx: AlgoContext, *, coef: float = 0.005, agg_mode: str | None = PEAK_AGG_MODE) -> RegularizerOutput:
-    """Naive entropy bonus of the SIREN paper: ``-coef * H_bar * f`` over all response tokens.
-
-    ``H_bar`` = aggregate of the full-vocabulary entropy ``ctx.entropy`` with ``agg_mode``
-    (default seq-mean-token-mean) and micro-batch normalisers, times the micro-batch share ``f``
-    as for ``siren``. Official ``naive_entropy_reg``: the same term, but its actor overrides the
-    entropy aggregation with the PG ``loss_agg_mode`` for ``naive*`` experiments; pass
-    ``agg_mode: null`` to follow ``ctx.agg_mode`` like that. (Compare ``entropy_bonus``, which uses
-    the global normalisers of the loss mode.)
-    """
-    _check_agg_mode(agg_mode, "entropy_naive")
-    current = _field(ctx, "entropy", "regularizer 'entropy_naive'")
-    h_bar = _mean_entropy(current, ctx, agg_mode)
-    f = float(ctx.micro_batch_fraction)
-    loss = -coef * h_bar * f
-    metrics = {"entropy_naive/entropy": float(h_bar.detach()), "entropy_naive/loss": _unscaled(loss, f)}
-    return RegularizerOutput(loss=loss, metrics=metrics)
 
 
 ADAPTIVE_UPDATES = ("step", "micro_batch")

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rlvr.errors import RLVRError  # noqa: E402
 from rlvr.train.logging import read_metrics  # noqa: E402
 
 PANELS: list[tuple[str, list[str]]] = [
@@ -63,7 +64,7 @@ def write_run_report(run_dir: Path | str) -> Path:
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     if not records:
-        raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'} is missing or empty: is this a run directory?")
+        raise RLVRError(f"{run_dir / 'metrics.jsonl'} is missing or empty: is {run_dir} a run directory?")
     png = plot_curves({run_dir.name: records}, run_dir / "curves.png")
     evals = [r for r in records if "eval/accuracy_greedy" in r]
     lines = [f"# rlvr run report: {run_dir.name}", ""]

@@ -85,7 +85,7 @@ class TaskConfig(Strict):
 class WarmStartConfig(Strict):
     """Short supervised fine-tuning on each problem's worked ``solution`` before RL."""
 
-    steps: int | None = Field(None, ge=0, description="null: 400 for the built-in tiny model, 0 for model.path")
+    steps: int | None = Field(None, ge=0, description="null: 600 for the built-in tiny model, 0 for model.path")
     batch_size: int = Field(64, gt=0)
     lr: float = Field(3e-3, gt=0)
 
@@ -162,8 +162,8 @@ class AlgoConfig(Strict):
 class TrainConfig(Strict):
     """Optimisation: PPO epochs over mini-batches, gradient accumulation over micro-batches."""
 
-    steps: int = Field(40, ge=0)
-    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(200, ge=0)
+    lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = Field(0, ge=0)
@@ -181,7 +181,7 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     """Held-out evaluation: greedy accuracy and pass@k from ``samples`` sampled responses."""
 
-    every: int = Field(10, ge=1)
+    every: int = Field(50, ge=1)
     num_problems: int = Field(128, ge=1)
     samples: int = Field(8, ge=1)
     pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8])

@@ -172,7 +172,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _warmstart_steps(self) -> int:
         w = self.cfg.warmstart.steps
-        return w if w is not None else (400 if self.cfg.model.path is None else 0)
+        return w if w is not None else (600 if self.cfg.model.path is None else 0)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train

@@ -1,0 +1,29 @@
+"""Shared fixtures: a config small enough that a few RL steps take about a second on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+FAST = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=1",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "model.tiny.intermediate_size=64",
+    "warmstart.steps=10",
+    "warmstart.batch_size=16",
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=8",
+    "eval.num_problems=8",
+    "eval.samples=2",
+    "eval.pass_k=[1,2]",
+    "eval.every=2",
+    "train.checkpoint_every=2",
+    "train.keep_checkpoints=5",
+]
+
+
+@pytest.fixture
+def fast_overrides(tmp_path):
+    return [*FAST, f"output_dir={tmp_path / 'run'}"]

@@ -1,0 +1,74 @@
+"""Rollout masks, and old log-probs from the training forward equal the sampler's own log-probs."""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.models.tiny import char_tokenizer, tiny_qwen2
+from rlvr.rollout.base import response_mask_from_ids
+from rlvr.rollout.hf import HFRollout
+from rlvr.train.forward import policy_forward
+
+
+def test_response_mask_includes_first_eos_and_flags_truncation():
+    eos = 2
+    ids = torch.tensor([[5, 6, 2, 0, 0], [5, 2, 7, 2, 0], [5, 6, 7, 8, 9]])
+    mask, truncated = response_mask_from_ids(ids, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert truncated.tolist() == [False, False, True]
+
+
+def test_generate_groups_and_masks():
+    tok = char_tokenizer()
+    model = tiny_qwen2(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    torch.manual_seed(0)
+    batch = HFRollout(tok).generate(model, ["1 2 3>6=", "9>9="], n=3, max_new_tokens=6)
+    assert batch.input_ids.shape[0] == 6
+    assert batch.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    assert batch.response_mask.shape == (6, batch.input_ids.shape[1] - batch.prompt_len)
+    for row, text in zip(range(6), batch.responses):
+        ids = batch.response_ids[row][batch.response_mask[row].bool()].tolist()
+        assert tok.pad_token_id not in ids and tok.bos_token_id not in ids
+        assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_training_forward_matches_sampling_logprobs():
+    """Old log-probs must be the log-probs the sampler used (left padding, position ids, temperature)."""
+    tok = char_tokenizer()
+    model = tiny_qwen2(tok, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64).eval()
+    prompts = ["1 2 3>6=", "12 5 7>99=", "4>4="]
+    temperature = 0.7
+    enc = tok([tok.bos_token + p for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    out = model.generate(
+        **enc,
+        do_sample=True,
+        temperature=temperature,
+        top_k=None,
+        max_new_tokens=6,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=tok.pad_token_id,
+    )
+    scores = torch.stack(out.scores, dim=1)  # processed logits (divided by temperature)
+    response = out.sequences[:, enc["input_ids"].shape[1] :]
+    expected = torch.log_softmax(scores, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+
+    from rlvr.rollout.base import RolloutBatch
+
+    mask, truncated = response_mask_from_ids(response, tok.eos_token_id)
+    batch = RolloutBatch(
+        input_ids=out.sequences,
+        attention_mask=torch.cat([enc["attention_mask"], mask.long()], dim=1),
+        prompt_len=enc["input_ids"].shape[1],
+        response_mask=mask,
+        responses=[""] * 3,
+        truncated=truncated,
+        group_ids=torch.arange(3),
+    )
+    with torch.no_grad():
+        got = policy_forward(model, batch, temperature=temperature, chunk_size=5, with_entropy=True)
+    assert mask.sum() >= 6
+    diff = ((got.logprobs - expected) * mask).abs().max()
+    assert diff <= 1e-5, diff
+    assert (got.logprobs[mask == 0] == 0).all()

@@ -1,0 +1,96 @@
+"""End to end on a tiny model: metrics, checkpoints, report, exact resume, micro-batch invariance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlvr.train.config import load_config
+from rlvr.train.logging import read_metrics
+from rlvr.train.trainer import Trainer
+
+VOLATILE = ("time/", "throughput/")
+
+
+def _stable(records):
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in records]
+
+
+def test_run_writes_metrics_checkpoints_and_report(fast_overrides):
+    cfg = load_config(None, [*fast_overrides, "train.steps=3"])
+    summary = Trainer(cfg, quiet=True).run()
+    run = Path(cfg.output_dir)
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    step = records[1]
+    for key in (
+        "reward/mean",
+        "accuracy",
+        "entropy/mean",
+        "entropy/p10",
+        "entropy/p90",
+        "response_length/mean",
+        "clip_frac",
+        "train/grad_norm",
+        "time/step_s",
+        "throughput/tokens_per_s",
+    ):
+        assert key in step, key
+    assert "eval/pass@2" in records[0] and "eval/pass@2" in records[-1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002", "step_000003"]
+    assert (run / "report.md").is_file() and (run / "curves.png").stat().st_size > 1000
+    assert (run / "final_model" / "config.json").is_file()
+    assert set(summary) == {"before", "after"}
+
+
+def test_resume_continues_exactly(tmp_path, fast_overrides):
+    base = [o for o in fast_overrides if not o.startswith("output_dir=")]
+    extra = ["algo.regularizers=[{name: kl, coef: 0.01}]", "train.mini_batch_size=8", "train.ppo_epochs=2"]
+    straight = load_config(None, [*base, *extra, "train.steps=4", f"output_dir={tmp_path / 'a'}"])
+    Trainer(straight, quiet=True).run()
+
+    first = load_config(None, [*base, *extra, "train.steps=2", f"output_dir={tmp_path / 'b'}"])
+    Trainer(first, quiet=True).run()
+    second = load_config(None, [*base, *extra, "train.steps=4", f"output_dir={tmp_path / 'b'}"])
+    Trainer(second, quiet=True).run(resume=True)
+
+    a = _stable(read_metrics(tmp_path / "a" / "metrics.jsonl"))
+    b = _stable(read_metrics(tmp_path / "b" / "metrics.jsonl"))
+    assert a == b
+    pa = torch.load(tmp_path / "a/checkpoints/step_000004/state.pt", weights_only=False)["model"]
+    pb = torch.load(tmp_path / "b/checkpoints/step_000004/state.pt", weights_only=False)["model"]
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(fast_overrides):
+    from rlvr.errors import RLVRError
+
+    cfg = load_config(None, [*fast_overrides, "train.steps=1"])
+    with pytest.raises(RLVRError, match="no readable checkpoint"):
+        Trainer(cfg, quiet=True).run(resume=True)
+
+
+def test_micro_batching_does_not_change_the_update(tmp_path, fast_overrides):
+    """Gradient accumulation with global normalisers gives the same parameters as one big batch."""
+    base = [o for o in fast_overrides if not o.startswith("output_dir=")]
+    params = {}
+    for micro in (16, 3):
+        cfg = load_config(
+            None,
+            [*base, "train.steps=1", f"train.micro_batch_size={micro}", f"output_dir={tmp_path / str(micro)}"],
+        )
+        trainer = Trainer(cfg, quiet=True)
+        trainer.run()
+        params[micro] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for key in params[16]:
+        assert torch.allclose(params[16][key], params[3][key], atol=1e-6), key
+
+
+def test_metrics_are_json_lines(fast_overrides):
+    cfg = load_config(None, [*fast_overrides, "train.steps=1"])
+    Trainer(cfg, quiet=True).run()
+    for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
