@@ -94,3 +94,31 @@ def test_metrics_are_json_lines(fast_overrides):
     Trainer(cfg, quiet=True).run()
     for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+def test_local_hf_model_path_trains_on_another_task(tmp_path, fast_overrides):
+    """`rlvr train model=PATH task=...`: any local causal LM directory, no warm start by default."""
+    from rlvr.models.tiny import char_tokenizer, tiny_qwen2
+
+    tok = char_tokenizer()
+    model_dir = tmp_path / "local_model"
+    tiny_qwen2(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64).save_pretrained(
+        model_dir
+    )
+    tok.save_pretrained(model_dir)
+    cfg = load_config(
+        None, [*fast_overrides, f"model={model_dir}", "task=arithmetic", "train.steps=1", "warmstart.steps=null"]
+    )
+    trainer = Trainer(cfg, quiet=True)
+    assert trainer._warmstart_steps() == 0
+    trainer.run()
+    records = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+    assert records[-1]["step"] == 1 and "reward/mean" in records[-1]
+
+
+def test_missing_model_path_names_the_field(fast_overrides, tmp_path):
+    from rlvr.errors import ConfigError
+
+    cfg = load_config(None, [*fast_overrides, f"model={tmp_path / 'nope'}"])
+    with pytest.raises(ConfigError, match="model.path"):
+        Trainer(cfg, quiet=True)
