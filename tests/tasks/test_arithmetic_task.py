@@ -8,7 +8,7 @@ import pytest
 
 from rlvr.errors import ConfigError
 from rlvr.tasks.arithmetic import ArithmeticTask, arithmetic_problem
-from rlvr.tasks.countdown import is_heldout
+from rlvr.tasks.base import is_heldout
 
 
 def test_format() -> None:

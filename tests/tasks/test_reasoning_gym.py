@@ -8,7 +8,7 @@ import random
 import pytest
 
 from rlvr.errors import ConfigError
-from rlvr.tasks.countdown import is_heldout
+from rlvr.tasks.base import is_heldout
 
 pytest.importorskip("reasoning_gym")
 

@@ -16,7 +16,8 @@ import re
 
 from rlvr.errors import ConfigError
 from rlvr.tasks.base import Problem, tasks
-from rlvr.tasks.countdown import draw_heldout, draw_train, first_line
+from rlvr.tasks.base import draw_heldout, draw_train
+from rlvr.tasks.countdown import first_line
 
 ALLOWED_OPS = "+-*"
 _INTEGER = re.compile(r"-?\d{1,64}")

@@ -20,66 +20,14 @@ other procedural tasks.
 from __future__ import annotations
 
 import ast
-import hashlib
 import itertools
 import random
 from collections import Counter
 from functools import lru_cache
-from typing import Callable, Union
+from typing import Union
 
 from rlvr.errors import ConfigError
-from rlvr.tasks.base import Problem, tasks
-
-# --------------------------------------------------------------------------------------------------
-# Deterministic train / held-out split (shared with the arithmetic task)
-
-HELDOUT_MODULUS = 10
-"""One problem id in ``HELDOUT_MODULUS`` (10 %) is reserved for evaluation."""
-
-HELDOUT_SEED = 1234
-"""Seed of the fixed stream the held-out problems are read from."""
-
-
-def stable_hash(text: str) -> int:
-    """A process-independent 64-bit hash of ``text`` (sha256; Python's ``hash()`` is salted)."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
-
-
-def is_heldout(problem_id: str, modulus: int = HELDOUT_MODULUS) -> bool:
-    """Whether ``problem_id`` belongs to the held-out split (``stable_hash(id) % modulus == 0``)."""
-    return stable_hash(problem_id) % modulus == 0
-
-
-def draw_train(generate: Callable[[random.Random], Problem], n: int, rng: random.Random, what: str) -> list[Problem]:
-    """``n`` problems from ``generate(rng)`` outside the held-out split (repeats are possible)."""
-    out: list[Problem] = []
-    budget = 1000 + 100 * n
-    while len(out) < n:
-        budget -= 1
-        if budget < 0:
-            raise RuntimeError(f"{what}: could not draw {n} training problems; the problem space is too small")
-        problem = generate(rng)
-        if not is_heldout(problem.id):
-            out.append(problem)
-    return out
-
-
-def draw_heldout(generate: Callable[[random.Random], Problem], n: int, what: str, seed: int = HELDOUT_SEED) -> list[Problem]:
-    """The first ``n`` distinct held-out problems of a fixed-seed stream (fewer if the space runs out)."""
-    rng = random.Random(f"{what}:heldout:{seed}")  # str seeds are hashed with sha512: stable across runs
-    out: list[Problem] = []
-    seen: set[str] = set()
-    misses = 0
-    while len(out) < n and misses < 20_000:
-        problem = generate(rng)
-        if problem.id in seen or not is_heldout(problem.id):
-            misses += 1
-            continue
-        seen.add(problem.id)
-        out.append(problem)
-        misses = 0
-    return out
-
+from rlvr.tasks.base import Problem, draw_heldout, draw_train, is_heldout, stable_hash, tasks  # noqa: F401
 
 # --------------------------------------------------------------------------------------------------
 # Expression trees

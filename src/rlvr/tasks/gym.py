@@ -18,8 +18,7 @@ import re
 from typing import Any
 
 from rlvr.errors import ConfigError
-from rlvr.tasks.base import Problem, tasks
-from rlvr.tasks.countdown import is_heldout
+from rlvr.tasks.base import Problem, draw_train, is_heldout, tasks
 from rlvr.tasks.math import extract_boxed
 
 DEFAULT_PROMPT_TEMPLATE = "{question}\nPut your final answer within \\boxed{}."
@@ -118,16 +117,7 @@ class ReasoningGymTask:
 
     def train_problems(self, n: int, rng: random.Random) -> list[Problem]:
         """``n`` random items outside the held-out split (repeats are possible)."""
-        out: list[Problem] = []
-        budget = 1000 + 100 * n
-        while len(out) < n:
-            budget -= 1
-            if budget < 0:
-                raise RuntimeError(f"reasoning_gym:{self.dataset_name}: could not draw {n} training problems")
-            problem = self._problem(rng.randrange(self.size))
-            if not is_heldout(problem.id):
-                out.append(problem)
-        return out
+        return draw_train(lambda r: self._problem(r.randrange(self.size)), n, rng, f"reasoning_gym:{self.dataset_name}")
 
     def heldout_problems(self, n: int) -> list[Problem]:
         """The first ``n`` distinct held-out items in index order."""

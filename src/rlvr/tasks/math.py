@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rlvr.errors import ConfigError
-from rlvr.tasks.base import Problem, tasks
-from rlvr.tasks.countdown import stable_hash
+from rlvr.tasks.base import Problem, stable_hash, tasks
 
 logger = logging.getLogger(__name__)
 
