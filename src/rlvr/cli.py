@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         if args.command == "train":
+            from transformers.utils import logging as hf_logging
+
             from rlvr.train.config import load_config
+
+            hf_logging.disable_progress_bar()
             from rlvr.train.trainer import Trainer
 
             cfg = load_config(args.config, args.overrides)

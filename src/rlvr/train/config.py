@@ -162,13 +162,13 @@ class AlgoConfig(Strict):
 class TrainConfig(Strict):
     """Optimisation: PPO epochs over mini-batches, gradient accumulation over micro-batches."""
 
-    steps: int = Field(200, ge=0)
-    lr: float = Field(1e-4, gt=0)
+    steps: int = Field(150, ge=0)
+    lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = Field(0, ge=0)
     ppo_epochs: int = Field(1, ge=1)
-    mini_batch_size: int | None = Field(None, ge=1)
+    mini_batch_size: int | None = Field(64, ge=1, description="sequences per optimizer update; null = whole batch")
     micro_batch_size: int = Field(64, ge=1)
     grad_clip: float = Field(1.0, gt=0)
     logprob_chunk_size: int = Field(1024, ge=1)
