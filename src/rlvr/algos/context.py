@@ -2,7 +2,8 @@
 
 Shapes: ``B`` responses in the (micro-)batch, ``T`` padded response length. Token tensors are
 ``(B, T)`` and aligned with ``response_mask`` (1.0 on real response tokens, 0.0 on padding).
-Sequence tensors are ``(B,)``.
+Sequence tensors are ``(B,)``. The trainer also puts the decoded ``responses`` (list of str) and
+the ``problems`` (list of :class:`rlvr.tasks.base.Problem`) of the rollout batch in ``extras``.
 
 Aggregation over the *global* batch: when a mini-batch is split into micro-batches for gradient
 accumulation, the trainer sets ``global_num_tokens`` / ``global_num_seqs`` to the mini-batch totals.

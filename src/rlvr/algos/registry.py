@@ -139,7 +139,10 @@ class Component:
     """A built method: call it with a context.
 
     Stateful (class) methods may define ``state_dict``/``load_state_dict`` (saved in checkpoints)
-    and ``prepare(ctx)`` (called once per step on the full rollout batch).
+    and ``prepare(ctx)`` (called once per step on the full rollout batch). Controllers may also
+    define ``bind(pipeline)`` (called once with the built pipeline, e.g. to find the regularizer
+    whose coefficient they drive) and ``after_step(metrics) -> dict`` (called after the update with
+    the step's averaged update metrics).
     """
 
     name: str

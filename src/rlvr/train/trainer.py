@@ -102,6 +102,10 @@ class Pipeline:
         )
         pipeline = cls(**built)
         pipeline.requires = frozenset().union(*(c.requires for c in pipeline.all()))
+        for component in pipeline.controllers:
+            bind = getattr(component.fn, "bind", None)
+            if callable(bind):
+                bind(pipeline)
         return pipeline
 
     def all(self) -> list[Component]:
@@ -396,6 +400,7 @@ class Trainer:
             max_response_length=cfg.rollout.max_new_tokens,
             agg_mode=cfg.algo.agg_mode,
             generator=self.shuffle_gen,
+            extras={"responses": batch.responses, "problems": problems},
             **old,
         )
         record: dict[str, Any] = {"step": self.step + 1}
