@@ -67,8 +67,8 @@ def test_training_forward_matches_sampling_logprobs():
         group_ids=torch.arange(3),
     )
     with torch.no_grad():
-        got = policy_forward(model, batch, temperature=temperature, chunk_size=5, with_entropy=True)
+        got = policy_forward(model, batch, temperature=temperature, chunk_size=5, fields=frozenset({"logprobs", "entropy"}))
     assert mask.sum() >= 6
-    diff = ((got.logprobs - expected) * mask).abs().max()
+    diff = ((got["logprobs"] - expected) * mask).abs().max()
     assert diff <= 1e-5, diff
-    assert (got.logprobs[mask == 0] == 0).all()
+    assert (got["logprobs"][mask == 0] == 0).all()

@@ -122,3 +122,22 @@ def test_missing_model_path_names_the_field(fast_overrides, tmp_path):
     cfg = load_config(None, [*fast_overrides, f"model={tmp_path / 'nope'}"])
     with pytest.raises(ConfigError, match="model.path"):
         Trainer(cfg, quiet=True)
+
+
+@pytest.mark.parametrize("preset", ["siren", "canon", "gspo", "grpo_kl", "dr_grpo", "dapo"])
+def test_every_preset_trains(preset, fast_overrides):
+    """Each packaged method recipe runs through the real trainer with finite losses."""
+    import math
+
+    cfg = load_config(preset, [*fast_overrides, "train.steps=2", "train.mini_batch_size=8"])
+    trainer = Trainer(cfg, quiet=True)
+    trainer.run()
+    records = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+    last = records[-1]
+    assert last["train/updates"] == 2
+    assert math.isfinite(last["train/loss"])
+    if preset == "siren":
+        state = trainer.pipeline.regularizers[0].state_dict()
+        assert state["anchor"] is not None and "siren/selected_entropy" in last
+        saved = torch.load(Path(cfg.output_dir) / "checkpoints/step_000002/state.pt", weights_only=False)
+        assert saved["pipeline"][2]["anchor"] == state["anchor"]

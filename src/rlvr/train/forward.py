@@ -17,13 +17,9 @@ from rlvr.ops import chunked_logprobs_entropy, chunked_top_p_entropy, last_hidde
 from rlvr.rollout.base import RolloutBatch
 
 
-@dataclass
-class ForwardOutput:
-    """``(B, T)`` tensors aligned with the response mask (zero on padding)."""
-
-    logprobs: Tensor
-    entropy: Tensor | None = None
-    top_p_entropy: Tensor | None = None
+FORWARD_FIELDS = frozenset({"logprobs", "entropy", "top_p_entropy"})
+"""Per-token quantities :func:`policy_forward` can compute; a method asks for the current-policy
+value as ``<field>`` and for the rollout (old) policy's as ``old_<field>`` in its ``requires``."""
 
 
 @dataclass(frozen=True)
@@ -40,33 +36,41 @@ def policy_forward(
     *,
     temperature: float,
     chunk_size: int,
-    with_entropy: bool,
+    fields: frozenset[str] = frozenset({"logprobs"}),
     top_p: TopPSpec | None = None,
-) -> ForwardOutput:
-    """Log-probs of the sampled response tokens (and entropies) under ``model``.
+) -> dict[str, Tensor]:
+    """The requested per-token ``fields`` (subset of FORWARD_FIELDS) of the response tokens, ``(B, T)``.
 
     Gradients flow when called outside ``torch.no_grad``. Logits are divided by the sampling
     temperature, as verl does, so that the old/current ratio refers to the sampling distribution.
     """
+    unknown = set(fields) - FORWARD_FIELDS
+    if unknown:
+        raise ValueError(f"policy_forward cannot compute {sorted(unknown)}; known: {sorted(FORWARD_FIELDS)}")
     hidden = last_hidden_states(model, batch.input_ids, batch.attention_mask)
     prompt_len = batch.prompt_len
-    response_hidden = hidden[:, prompt_len - 1 : -1]
-    targets = batch.input_ids[:, prompt_len:]
     valid = batch.response_mask.bool()
-    flat_hidden = response_hidden[valid]
-    flat_targets = targets[valid]
+    flat_hidden = hidden[:, prompt_len - 1 : -1][valid]
+    flat_targets = batch.input_ids[:, prompt_len:][valid]
     weight = output_head_weight(model)
+    out: dict[str, Tensor] = {}
     logp, entropy = chunked_logprobs_entropy(
-        flat_hidden, weight, flat_targets, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
+        flat_hidden,
+        weight,
+        flat_targets,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy="entropy" in fields,
     )
-    out = ForwardOutput(logprobs=_scatter(logp, valid))
+    out["logprobs"] = _scatter(logp, valid)
     if entropy is not None:
-        out.entropy = _scatter(entropy, valid)
-    if top_p is not None:
+        out["entropy"] = _scatter(entropy, valid)
+    if "top_p_entropy" in fields:
+        spec = top_p or TopPSpec()
         top_p_h, _ = chunked_top_p_entropy(
-            flat_hidden, weight, p=top_p.p, top_k=top_p.top_k, temperature=temperature, chunk_size=max(1, chunk_size // 4)
+            flat_hidden, weight, p=spec.p, top_k=spec.top_k, temperature=temperature, chunk_size=max(1, chunk_size // 4)
         )
-        out.top_p_entropy = _scatter(top_p_h, valid)
+        out["top_p_entropy"] = _scatter(top_p_h, valid)
     return out
 
 

@@ -37,7 +37,7 @@ from rlvr.tasks.base import Problem, Task, tasks
 from rlvr.train.checkpoint import rng_state, require_checkpoint, save_checkpoint, set_rng_state
 from rlvr.train.config import RunConfig, dump_config
 from rlvr.train.evaluate import evaluate_heldout
-from rlvr.train.forward import TopPSpec, policy_forward
+from rlvr.train.forward import FORWARD_FIELDS, TopPSpec, policy_forward
 from rlvr.train.logging import MetricsWriter
 from rlvr.train.rewards import safe_scores
 from rlvr.train.warmstart import warm_start
@@ -261,45 +261,36 @@ class Trainer:
         per_response = [p for p in problems for _ in range(r.group_size)]
         return per_response, batch
 
+    def _old_fields(self) -> frozenset[str]:
+        """Fields of the rollout-policy forward: log-probs, entropy (always logged) and ``old_*`` needs."""
+        wanted = {name.removeprefix("old_") for name in self.pipeline.requires if name.startswith("old_")}
+        return frozenset({"logprobs", "entropy"} | (wanted & FORWARD_FIELDS))
+
+    def _current_fields(self) -> frozenset[str]:
+        return frozenset({"logprobs"} | (self.pipeline.requires & FORWARD_FIELDS))
+
     def _old_forward(self, batch: RolloutBatch, top_p: TopPSpec | None) -> dict[str, torch.Tensor]:
-        """Old-policy log-probs/entropies (and reference log-probs) of the whole batch, no grad."""
-        out: dict[str, torch.Tensor] = {}
+        """Old-policy fields (``old_<field>``) and reference log-probs of the whole batch, no grad."""
         mb = self.cfg.train.micro_batch_size
         pieces: dict[str, list[torch.Tensor]] = {}
+        kwargs = dict(temperature=self.cfg.rollout.temperature, chunk_size=self.cfg.train.logprob_chunk_size)
+        n = batch.input_ids.shape[0]
         with torch.no_grad():
-            for start in range(0, batch.input_ids.shape[0], mb):
-                rows = batch.rows(torch.arange(start, min(start + mb, batch.input_ids.shape[0])))
-                old = policy_forward(
-                    self.model,
-                    rows,
-                    temperature=self.cfg.rollout.temperature,
-                    chunk_size=self.cfg.train.logprob_chunk_size,
-                    with_entropy=True,
-                    top_p=top_p,
-                )
-                pieces.setdefault("old_logprobs", []).append(old.logprobs)
-                pieces.setdefault("old_entropy", []).append(old.entropy)
-                if old.top_p_entropy is not None:
-                    pieces.setdefault("old_top_p_entropy", []).append(old.top_p_entropy)
+            for start in range(0, n, mb):
+                rows = batch.rows(torch.arange(start, min(start + mb, n)))
+                old = policy_forward(self.model, rows, fields=self._old_fields(), top_p=top_p, **kwargs)
+                for key, value in old.items():
+                    pieces.setdefault(f"old_{key}", []).append(value)
                 if self.ref_model is not None:
-                    ref = policy_forward(
-                        self.ref_model,
-                        rows,
-                        temperature=self.cfg.rollout.temperature,
-                        chunk_size=self.cfg.train.logprob_chunk_size,
-                        with_entropy=False,
-                    )
-                    pieces.setdefault("ref_logprobs", []).append(ref.logprobs)
-        for key, parts in pieces.items():
-            out[key] = torch.cat(parts, dim=0)
-        return out
+                    ref = policy_forward(self.ref_model, rows, **kwargs)
+                    pieces.setdefault("ref_logprobs", []).append(ref["logprobs"])
+        return {key: torch.cat(parts, dim=0) for key, parts in pieces.items()}
 
     def _update(self, ctx: AlgoContext, batch: RolloutBatch, top_p: TopPSpec | None) -> dict[str, float]:
         """PPO epochs over mini-batches with gradient accumulation; returns averaged metrics."""
         assert self.optimizer is not None
         t = self.cfg.train
-        needs = self.pipeline.requires
-        with_entropy = "entropy" in needs
+        fields = self._current_fields()
         n = ctx.batch_size
         mini = t.mini_batch_size or n
         sums: Counter[str] = Counter()
@@ -327,10 +318,11 @@ class Trainer:
                         batch.rows(idx),
                         temperature=self.cfg.rollout.temperature,
                         chunk_size=t.logprob_chunk_size,
-                        with_entropy=with_entropy,
+                        fields=fields,
                         top_p=top_p,
                     )
-                    mctx.logprobs, mctx.entropy, mctx.top_p_entropy = cur.logprobs, cur.entropy, cur.top_p_entropy
+                    for key, value in cur.items():
+                        setattr(mctx, key, value)
                     loss, metrics = self._micro_loss(mctx)
                     if not torch.isfinite(loss):
                         finite = False
