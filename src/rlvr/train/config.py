@@ -97,6 +97,7 @@ class RolloutConfig(Strict):
     group_size: int = Field(8, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     max_new_tokens: int = Field(16, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=1, description="longer training prompts are skipped and counted")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)

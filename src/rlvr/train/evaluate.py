@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 from rlvr.eval.metrics import pass_at_k
 from rlvr.rollout.hf import HFRollout
 from rlvr.tasks.base import Problem
+from rlvr.train.rewards import safe_scores
 
 
 def evaluate_heldout(
@@ -22,11 +23,13 @@ def evaluate_heldout(
     pass_k: list[int],
     max_new_tokens: int,
     temperature: float,
+    timeout_s: float = 10.0,
     batch_prompts: int = 64,
 ) -> dict[str, float]:
     """Greedy accuracy plus pass@k over ``samples`` sampled responses per held-out problem.
 
     Uses its own seeded generator state so evaluating does not perturb the training RNG stream.
+    Scoring goes through :func:`safe_scores` (a crashing or hanging scorer counts as wrong).
     """
     cpu_state = torch.get_rng_state()
     torch.manual_seed(1234)
@@ -37,12 +40,14 @@ def evaluate_heldout(
             chunk = problems[start : start + batch_prompts]
             prompts = [p.prompt for p in chunk]
             greedy = engine.generate(model, prompts, n=1, max_new_tokens=max_new_tokens, greedy=True)
-            greedy_correct += sum(score(p, r) >= 1.0 for p, r in zip(chunk, greedy.responses))
+            greedy_scores, _ = safe_scores(score, chunk, greedy.responses, timeout_s)
+            greedy_correct += sum(s >= 1.0 for s in greedy_scores)
             sampled = engine.generate(model, prompts, n=samples, max_new_tokens=max_new_tokens, temperature=temperature)
             lengths.extend(sampled.response_mask.sum(-1).tolist())
-            for i, problem in enumerate(chunk):
-                responses = sampled.responses[i * samples : (i + 1) * samples]
-                counts.append(sum(score(problem, r) >= 1.0 for r in responses))
+            per_response = [p for p in chunk for _ in range(samples)]
+            sampled_scores, _ = safe_scores(score, per_response, sampled.responses, timeout_s)
+            for i in range(len(chunk)):
+                counts.append(sum(s >= 1.0 for s in sampled_scores[i * samples : (i + 1) * samples]))
     finally:
         torch.set_rng_state(cpu_state)
     n = len(problems)

@@ -170,6 +170,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0
         self.bad_steps = 0
+        self.skipped_data: Counter[str] = Counter()
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         self.summary: dict[str, Any] = {}
 
@@ -207,6 +208,7 @@ class Trainer:
             "data_rng": self.data_rng.getstate(),
             "shuffle_gen": self.shuffle_gen.get_state(),
             "bad_steps": self.bad_steps,
+            "skipped_data": dict(self.skipped_data),
             "summary": self.summary,
             "config": self.cfg.model_dump(mode="json"),
         }
@@ -225,6 +227,7 @@ class Trainer:
         self.data_rng.setstate(state["data_rng"])
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.bad_steps = state.get("bad_steps", 0)
+        self.skipped_data = Counter(state.get("skipped_data", {}))
         self.summary = state.get("summary", {})
         self.step = int(state["step"])
 
@@ -243,12 +246,43 @@ class Trainer:
             pass_k=e.pass_k,
             max_new_tokens=self.cfg.rollout.max_new_tokens,
             temperature=e.temperature,
+            timeout_s=self.cfg.train.reward_timeout_s,
         )
 
     # ------------------------------------------------------------------ one step
+    def _prompt_problem(self, problem: Any) -> str | None:
+        """Why ``problem`` cannot be trained on (``None`` if it can)."""
+        if not isinstance(problem, Problem) or not isinstance(problem.prompt, str):
+            return "wrong_type"
+        if not problem.prompt.strip():
+            return "empty_prompt"
+        if len(self.tokenizer(problem.prompt, add_special_tokens=False)["input_ids"]) > self.cfg.rollout.max_prompt_tokens:
+            return "long_prompt"
+        return None
+
+    def _draw_problems(self, n: int) -> list[Problem]:
+        """``n`` usable training problems; bad ones are skipped, counted and the first few reported."""
+        out: list[Problem] = []
+        for _attempt in range(100):
+            for problem in self.task.train_problems(n - len(out), self.data_rng):
+                reason = self._prompt_problem(problem)
+                if reason is None:
+                    out.append(problem)
+                    continue
+                self.skipped_data[reason] += 1
+                if sum(self.skipped_data.values()) <= 3:
+                    shown = getattr(problem, "id", repr(problem)[:80])
+                    warnings.warn(f"skipping training problem {shown}: {reason.replace('_', ' ')}")
+            if len(out) == n:
+                return out
+        raise RLVRError(
+            f"could not draw {n} usable training problems (skipped so far: {dict(self.skipped_data)}); "
+            "check the task data or raise rollout.max_prompt_tokens"
+        )
+
     def _rollout(self) -> tuple[list[Problem], RolloutBatch]:
         r = self.cfg.rollout
-        problems = self.task.train_problems(r.prompts_per_step, self.data_rng)
+        problems = self._draw_problems(r.prompts_per_step)
         batch = self.engine.generate(
             self.model,
             [p.prompt for p in problems],
@@ -419,6 +453,7 @@ class Trainer:
                 "response_length/mean": float(lengths.mean()),
                 "response_length/max": float(lengths.max()),
                 "response_length/truncated_frac": float(batch.truncated.float().mean()),
+                **{f"data/skipped_{k}": v for k, v in self.skipped_data.items()},
                 **_percentiles(old["old_entropy"][mask], "entropy"),
                 **update_metrics,
                 "train/lr": self._lr_at(self.step - 1),

@@ -21,15 +21,20 @@ from rlvr.tasks.base import Problem, Task
 def sft_batch(
     tokenizer: PreTrainedTokenizerBase, problems: list[Problem], chat_template: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 outside the solution)."""
-    prompts = format_prompts(tokenizer, [p.prompt for p in problems], chat_template)
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 outside the solution).
+
+    Problems with an empty prompt or no worked solution are skipped; if none is usable the task
+    cannot be warm-started at all, which is a configuration error.
+    """
+    usable = [p for p in problems if isinstance(p.prompt, str) and p.prompt.strip() and p.solution]
+    if not usable:
+        raise ConfigError(
+            f"warm start needs problems with a prompt and a worked solution, but none of {len(problems)} "
+            f"(e.g. '{problems[0].id if problems else '?'}') has one; set warmstart.steps=0 for this task"
+        )
+    prompts = format_prompts(tokenizer, [p.prompt for p in usable], chat_template)
     rows, label_rows = [], []
-    for problem, prompt in zip(problems, prompts):
-        if not problem.solution:
-            raise ConfigError(
-                f"warm start needs worked solutions but problem '{problem.id}' has none; "
-                "set warmstart.steps=0 for this task"
-            )
+    for problem, prompt in zip(usable, prompts):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         solution_ids = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(prompt_ids + solution_ids)
