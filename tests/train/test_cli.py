@@ -39,3 +39,13 @@ def test_methods_lists_every_stage(capsys):
 def test_report_on_missing_run_dir_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "run directory" in capsys.readouterr().out
+
+
+def test_docs_methods_table_is_current():
+    """docs/methods.md lists every registered method with its knobs; regenerate with `rlvr methods --markdown`."""
+    from pathlib import Path
+
+    from rlvr.cli import methods_markdown
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
+    assert path.read_text() == methods_markdown(), "run: rlvr methods --markdown > docs/methods.md"

@@ -72,3 +72,24 @@ def test_training_forward_matches_sampling_logprobs():
     diff = ((got["logprobs"] - expected) * mask).abs().max()
     assert diff <= 1e-5, diff
     assert (got["logprobs"][mask == 0] == 0).all()
+
+
+def test_concat_batches_pads_and_keeps_logprobs():
+    """Batches of different widths stack without changing any row's log-probs."""
+    from rlvr.rollout.base import concat_batches
+
+    tok = char_tokenizer()
+    model = tiny_qwen2(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    engine = HFRollout(tok)
+    torch.manual_seed(0)
+    a = engine.generate(model, ["1 2 3>6="], n=2, max_new_tokens=4)
+    b = engine.generate(model, ["12 34 56>100=", "7>7="], n=2, max_new_tokens=7)
+    both = concat_batches([a, b], tok.pad_token_id)
+    assert both.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
+    assert both.responses == a.responses + b.responses
+    fields = frozenset({"logprobs"})
+    with torch.no_grad():
+        joint = policy_forward(model, both, temperature=1.0, chunk_size=8, fields=fields)["logprobs"]
+        parts = [policy_forward(model, x, temperature=1.0, chunk_size=8, fields=fields)["logprobs"] for x in (a, b)]
+    assert torch.allclose(joint[:2, : parts[0].shape[1]], parts[0], atol=1e-5)
+    assert torch.allclose(joint[2:, : parts[1].shape[1]], parts[1], atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from math import comb
+from typing import Hashable, Iterable, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -15,3 +16,90 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def avg_at_n(correct: Sequence[bool | float]) -> float:
+    """Mean correctness of the ``n`` samples of one prompt (avg@n, the expected pass@1); 0.0 when empty."""
+    return float(sum(float(c) for c in correct)) / len(correct) if correct else 0.0
+
+
+def maj_at_k(answers: Sequence[Hashable | None], correct: Sequence[bool | float], k: int) -> float:
+    """Majority-vote accuracy over the first ``k`` samples of one prompt (maj@k, "self-consistency").
+
+    ``answers[i]`` is the normalised final answer extracted from sample ``i`` (``None``: no answer;
+    such samples do not vote) and ``correct[i]`` whether that sample was verified correct (or a
+    score in [0, 1]). The winning answer is the most frequent one among the first ``k``; it scores
+    the mean correctness of its samples (1 or 0 normally: equal answers verify alike).
+
+    Ties rule: when several answers share the top count, the result is the *mean score of the tied
+    answers*, i.e. the expected score of breaking the tie uniformly at random. So it does not depend
+    on sample order; e.g. answers ``[a, b]`` with only ``a`` correct give 0.5. Returns 0.0 when none
+    of the first ``k`` samples has an answer.
+    """
+    if len(answers) != len(correct):
+        raise ValueError(f"maj_at_k: {len(answers)} answers but {len(correct)} correctness flags")
+    if not 1 <= k <= len(answers):
+        raise ValueError(f"maj_at_k needs 1 <= k <= n, got k={k}, n={len(answers)}")
+    votes: dict[Hashable, list[float]] = {}
+    for answer, ok in zip(answers[:k], correct[:k]):
+        if answer is not None:
+            votes.setdefault(answer, []).append(float(ok))
+    if not votes:
+        return 0.0
+    top = max(len(v) for v in votes.values())
+    tied = [v for v in votes.values() if len(v) == top]
+    return sum(sum(v) / len(v) for v in tied) / len(tied)
+
+
+def distinct_answers(answers: Iterable[Hashable | None]) -> int:
+    """How many different non-``None`` answers there are."""
+    return len({a for a in answers if a is not None})
+
+
+def ngrams(tokens: Sequence[Hashable], n: int) -> list[tuple[Hashable, ...]]:
+    """The contiguous ``n``-grams of ``tokens`` (none when it is shorter than ``n``)."""
+    if n < 1:
+        raise ValueError(f"ngrams needs n >= 1, got {n}")
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(sequences: Iterable[Sequence[Hashable]], n: int) -> float:
+    """distinct-n (Li et al. 2016, arXiv 1510.03055): distinct ``n``-grams / all ``n``-grams.
+
+    Pooled over ``sequences`` (token lists, e.g. the responses to one prompt; a ``str`` is split on
+    whitespace). 1.0 means no ``n``-gram repeats anywhere; 0.0 when there is no ``n``-gram at all.
+    """
+    grams: list[tuple[Hashable, ...]] = []
+    for seq in sequences:
+        tokens = seq.split() if isinstance(seq, str) else list(seq)
+        grams.extend(ngrams(tokens, n))
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation (numpy's default); NaN when empty."""
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile needs 0 <= q <= 100, got {q}")
+    if not values:
+        return float("nan")
+    ordered = sorted(float(v) for v in values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def accuracy_per_1k_tokens(num_correct: float, num_tokens: float) -> float:
+    """Correct responses per 1000 generated tokens (token efficiency); 0.0 when nothing was generated."""
+    return 1000.0 * num_correct / num_tokens if num_tokens > 0 else 0.0
+
+
+def default_ks(n: int) -> list[int]:
+    """``1, 2, 4, ...`` up to ``n``, plus ``n`` itself: the ``k`` values reported for ``n`` samples."""
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    if n >= 1 and ks[-1] != n:
+        ks.append(n)
+    return ks

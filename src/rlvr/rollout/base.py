@@ -59,3 +59,32 @@ def response_mask_from_ids(response_ids: Tensor, eos_token_id: int | list[int]) 
     mask = (seen_before == 0).float()
     truncated = ~is_eos.any(dim=-1)
     return mask, truncated
+
+
+def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """Stack rollout batches of different prompt/response widths (prompts left-, responses right-padded).
+
+    Group ids are renumbered so groups of different batches stay distinct.
+    """
+    prompt_len = max(b.prompt_len for b in batches)
+    width = max(b.response_mask.shape[1] for b in batches)
+    ids, attn, masks, group_ids = [], [], [], []
+    offset = 0
+    for b in batches:
+        left = prompt_len - b.prompt_len
+        right = width - b.response_mask.shape[1]
+        ids.append(torch.nn.functional.pad(b.input_ids, (left, right), value=pad_token_id))
+        attn.append(torch.nn.functional.pad(b.attention_mask, (left, right), value=0))
+        masks.append(torch.nn.functional.pad(b.response_mask, (0, right), value=0.0))
+        dense = torch.unique(b.group_ids, return_inverse=True)[1]
+        group_ids.append(dense + offset)
+        offset += int(dense.max()) + 1 if dense.numel() else 0
+    return RolloutBatch(
+        input_ids=torch.cat(ids),
+        attention_mask=torch.cat(attn),
+        prompt_len=prompt_len,
+        response_mask=torch.cat(masks),
+        responses=[r for b in batches for r in b.responses],
+        truncated=torch.cat([b.truncated for b in batches]),
+        group_ids=torch.cat(group_ids),
+    )
