@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=int, default=9, help="moving-average window of the step curves (default 9)")
     p.add_argument("--reuse-warmstart", action="store_true",
                    help="reuse <out>/warmstart/final_model if it exists instead of training it again")
+    p.add_argument("--warmstart", metavar="MODEL_DIR",
+                   help="start every method from this saved model (e.g. another study's warmstart/final_model) "
+                        "instead of training a warm start")
     p.add_argument("--report-only", action="store_true", help="do not train; rebuild the report from <out>")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides passed to every run")
@@ -132,10 +135,15 @@ def method_config(method: str, model_dir: Path, seed: int, steps: int, out: Path
 
 def train_all(args: argparse.Namespace, out: Path) -> None:
     # Validate every config before any training, so a bad override fails in a second, not after the warm start.
-    probe = out / "warmstart" / "final_model"
+    probe = Path(args.warmstart) if args.warmstart else out / "warmstart" / "final_model"
     for method in args.methods:
         method_config(method, probe, args.seeds[0], args.steps, out, args.overrides)
-    model_dir = warm_start(out, args.seeds[0], args.overrides, args.quiet, args.reuse_warmstart)
+    if args.warmstart:
+        model_dir = Path(args.warmstart)
+        if not (model_dir / "config.json").is_file():
+            raise SystemExit(f"entropy_study: --warmstart {model_dir} has no config.json (not a saved model)")
+    else:
+        model_dir = warm_start(out, args.seeds[0], args.overrides, args.quiet, args.reuse_warmstart)
     for method in args.methods:
         for seed in args.seeds:
             cfg = method_config(method, model_dir, seed, args.steps, out, args.overrides)
@@ -221,14 +229,24 @@ def run_summary(records: list[dict[str, Any]], wall_s: float) -> dict[str, float
             "response_length/step1": _first(records, "response_length/mean"),
             "response_length/final": _tail_mean(records, "response_length/mean"),
             "response_length/mean": statistics.fmean(_series(records, "response_length/mean")[1] or [math.nan]),
-            "step_time_s": statistics.fmean(_series(records, "time/step_s")[1] or [math.nan]),
+            "step_time_s": statistics.median(_series(records, "time/step_s")[1] or [math.nan]),
             "wall_s": wall_s,
         }
     )
+    pg = _series(records, "train/pg_loss")[1]
+    total = _series(records, "train/loss")[1]
+    if pg and len(pg) == len(total):
+        # size of everything added to the policy loss (regularizers), next to the policy loss itself
+        out["loss/pg_abs"] = statistics.fmean(abs(x) for x in pg)
+        out["loss/reg_abs"] = statistics.fmean(abs(t - x) for t, x in zip(total, pg))
     if _series(records, "siren/selected_entropy")[0]:
         out["siren/anchor"] = _tail_mean(records, "siren/anchor")
         out["siren/selected_entropy_step1"] = _first(records, "siren/old_selected_entropy")
         out["siren/selected_entropy_final"] = _tail_mean(records, "siren/old_selected_entropy")
+        out["siren/frac_selected_step1"] = _first(records, "siren/old_frac_selected")
+        out["siren/frac_selected_final"] = _tail_mean(records, "siren/old_frac_selected")
+        out["top_p_entropy/step1"] = _first(records, "top_p_entropy/mean")
+        out["top_p_entropy/final"] = _tail_mean(records, "top_p_entropy/mean")
     return out
 
 
@@ -323,17 +341,31 @@ def _plot_eval_curve(ax, study: dict[str, Any], key: str, title: str) -> None:
 
 
 def plot_entropy(study: dict[str, Any], path: Path, window: int) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    _plot_step_curve(axes[0], study, "entropy/mean", window, "mean token entropy of the rollouts (nats)", "entropy")
-    # SIREN's quantity: top-p selected entropy of the rollout batch, with its fixed anchor dotted.
     siren_like = {m: d for m, d in study.items() if _series(d["mean_records"], "siren/old_selected_entropy")[0]}
+    fig, axes = plt.subplots(1, 3 if siren_like else 2, figsize=(18 if siren_like else 12, 4.4))
+    _plot_step_curve(axes[0], study, "entropy/mean", window, "mean token entropy of the rollouts (nats)", "entropy")
+    _plot_step_curve(axes[1], study, "entropy/p90", window, "90th-percentile token entropy of the rollouts",
+                     "entropy")
     if siren_like:
+        # SIREN's own quantity: top-p selected entropy of the rollout batch vs its fixed anchor (dotted), and
+        # the share of response tokens it is computed on (right axis, dashed).
+        ax = axes[2]
         anchors = {m: d["summary"].get("siren/anchor", math.nan) for m, d in siren_like.items()}
-        _plot_step_curve(axes[1], siren_like, "siren/old_selected_entropy", window,
-                         "SIREN selected entropy (top-p 0.8, top-20% tokens); dotted = anchor", "entropy")
-    else:
-        _plot_step_curve(axes[1], study, "entropy/p90", window, "90th percentile token entropy", "entropy")
-    fig.suptitle(f"entropy over RL steps (thin: per step, thick: moving average {window}"
+        _plot_step_curve(ax, siren_like, "siren/old_selected_entropy", window,
+                         "SIREN internals: selected entropy (solid) vs anchor (dotted)", "selected top-p entropy",
+                         hline=anchors)
+        twin = ax.twinx()
+        for method, d in siren_like.items():
+            xs, ys = _series(d["mean_records"], "siren/old_frac_selected")
+            twin.plot(xs, _smooth(ys, window), color=COLORS.get(method), ls="--", lw=1.2,
+                      label=f"{method}: share of tokens selected")
+            xs, ys = _series(d["mean_records"], "top_p_entropy/mean")
+            twin.plot(xs, _smooth(ys, window), color="gray", ls="-.", lw=1.2,
+                      label=f"{method}: mean top-p entropy (all tokens)")
+        twin.set_ylim(bottom=0)
+        twin.set_ylabel("share selected / mean top-p entropy (dashed)")
+        twin.legend(fontsize=7, loc="center right")
+    fig.suptitle("entropy over RL steps (thin: per step, thick: centred moving average of " f"{window} steps"
                  + (", band: seed min-max)" if any(d["seeds"] > 1 for d in study.values()) else ")"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -436,7 +468,7 @@ def _observations(study: dict[str, Any], num_problems: int | None) -> list[str]:
         verdict = ""
         if math.isfinite(rel):
             if rel < -0.5:
-                verdict = " (collapsed: below half its step-1 value)"
+                verdict = " (fell below half its step-1 value)"
             elif rel > 0.5:
                 verdict = " (blew up: more than 1.5x its step-1 value)"
             elif abs(rel) <= 0.15:
@@ -449,11 +481,24 @@ def _observations(study: dict[str, Any], num_problems: int | None) -> list[str]:
             f"{_f(s['train_accuracy/final'])}."
         )
         if "siren/anchor" in s:
+            anchor, sel = s["siren/anchor"], s["siren/selected_entropy_final"]
             lines.append(
-                f"  SIREN-style selected entropy (rollout batch): anchor {_f(s['siren/anchor'])}, last {TAIL} steps "
-                f"{_f(s['siren/selected_entropy_final'])} "
-                f"({(s['siren/selected_entropy_final'] - s['siren/anchor']) / s['siren/anchor']:+.0%} vs anchor)."
+                f"  SIREN's regularized quantity (selected top-p entropy of the rollout batch): anchor {_f(anchor)}, "
+                f"last {TAIL} steps {_f(sel)} ({(sel - anchor) / anchor:+.0%} vs anchor). It is averaged only over "
+                f"the selected tokens, whose share of response tokens went {_f(s['siren/frac_selected_step1'])} -> "
+                f"{_f(s['siren/frac_selected_final'])}; the mean top-p entropy over all tokens went "
+                f"{_f(s['top_p_entropy/step1'])} -> {_f(s['top_p_entropy/final'])}."
             )
+        if s.get("loss/reg_abs", 0) > 1e-12:
+            lines.append(
+                f"  Size of the regularizer term in the loss: mean |reg| {s['loss/reg_abs']:.2e} vs mean |policy loss| "
+                f"{s['loss/pg_abs']:.2e} (ratio {s['loss/reg_abs'] / max(s['loss/pg_abs'], 1e-12):.2f}; loss values, not gradient norms, "
+                f"and the policy loss averages near zero by construction)."
+            )
+    ref = study.get("grpo", {}).get("summary", {}).get("entropy/final")
+    if ref and math.isfinite(ref) and len(study) > 1:
+        rel = ", ".join(f"{m} {d['summary']['entropy/final'] / ref - 1:+.0%}" for m, d in study.items() if m != "grpo")
+        lines.append(f"- Final mean token entropy relative to grpo: {rel}.")
     finals = {m: d["summary"].get("final/accuracy_greedy", math.nan) for m, d in study.items()}
     finals = {m: v for m, v in finals.items() if math.isfinite(v)}
     if finals:
@@ -506,12 +551,14 @@ def write_markdown(out: Path, study: dict[str, Any], args: argparse.Namespace, p
         "",
         "Held-out numbers: `warm` = right after the warm start (step 0, same weights for every method), "
         "`final` = last step. Entropy, training accuracy and length: step 1 and the mean of the last "
-        f"{TAIL} steps. Entropy is the full-vocabulary token entropy of the rollout policy (T-scaled), in nats.",
+        f"{TAIL} steps. Entropy is the full-vocabulary token entropy of the rollout policy (T-scaled), in nats. "
+        "Wall time is the whole run including evals; on a shared machine it mostly measures contention, the "
+        "median step time is the better speed number.",
         "",
     ]
     head = ["method", "greedy acc warm → final"] + [f"{k} warm → final" for k in ks] + [
         "entropy step 1", f"entropy final", "Δ entropy (rel)", "train acc final", "resp. len (mean / final)",
-        "wall time"]
+        "wall time (median step)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, d in study.items():
         s, sd, n = d["summary"], d["std"], d["seeds"]
@@ -524,7 +571,7 @@ def write_markdown(out: Path, study: dict[str, Any], args: argparse.Namespace, p
             f"{s['entropy/change']:+.3f} ({s['entropy/change_rel']:+.0%})",
             _pm(s, sd, "train_accuracy/final", n),
             f"{_f(s['response_length/mean'], 2)} / {_f(s['response_length/final'], 2)}",
-            f"{s['wall_s']:.0f} s" if math.isfinite(s["wall_s"]) else "n/a",
+            (f"{s['wall_s']:.0f} s" if math.isfinite(s["wall_s"]) else "n/a") + f" ({s['step_time_s']:.2f} s)",
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Observations (computed from the numbers above)", "",

@@ -1,4 +1,4 @@
-"""Command line: ``rlvr train | config show | methods | report``.
+"""Command line: ``rlvr train | config show | methods | eval | report``.
 
 Overrides are dotted ``key=value`` pairs (values parsed as YAML), e.g.
 ``rlvr train train.steps=20 algo.advantage=canon algo.regularizers=[siren]``.
@@ -34,9 +34,119 @@ def _parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list every registered method by stage, with its knobs")
     methods.add_argument("--markdown", action="store_true", help="print the docs/methods.md table")
 
-    report = sub.add_parser("report", help="render plots and a markdown report of run directories")
+    _eval_parser(sub)
+
+    report = sub.add_parser(
+        "report",
+        help="render plots, report.md and a self-contained report.html of run directories",
+        description="Without --out each run gets its own report in its directory; with --out one report "
+        "overlaying every run given (a comparison) is written to DIR.",
+    )
     report.add_argument("run_dirs", nargs="+")
+    report.add_argument("--out", metavar="DIR", help="write one comparison report of all RUN_DIRS into DIR")
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def _eval_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers action
+    ev = sub.add_parser(
+        "eval",
+        help="sample n responses per prompt from a local model, verify them, and summarise",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""DATA: a local .jsonl/.json/.parquet file (math, scored with math-verify on the last \\boxed{}),
+a shared math set (aime24 aime25 amc23 math500 gsm8k minerva_math olympiadbench; from $RLVR_DATA_DIR
+or ../shared/data/math), gym:<reasoning-gym dataset>, task:<registered task> (held-out problems), or a
+local Hugging Face dataset directory (never downloaded from the hub).
+Results go to OUT/results.jsonl (one line per prompt; rerunning resumes), OUT/summary.json and .md.
+Default OUT: <run>/eval/<data> for a run's final_model, else eval_results/<model>/<data>.""",
+    )
+    ev.add_argument("model", help="local Hugging Face model directory, e.g. runs/x/final_model")
+    ev.add_argument("--data", required=True, help="file, shared set name, gym:<dataset>, task:<name> or dataset dir")
+    ev.add_argument("--out", help="output directory (default: see above)")
+    ev.add_argument("-n", "--samples", type=int, default=4, help="samples per prompt (default 4)")
+    ev.add_argument("--k", type=_int_list, help="k values for pass@k / maj@k, e.g. 1,4,16 (default 1,2,4..n)")
+    ev.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--top-k", type=int, default=0)
+    ev.add_argument("--max-new-tokens", type=int, default=1024)
+    ev.add_argument("--batch-prompts", type=int, default=8, help="prompts per generate call (x n rows)")
+    ev.add_argument("--limit", type=int, help="first N problems only (gym:/task: default 100)")
+    ev.add_argument("--question-field", help="question field of a file (default: guessed)")
+    ev.add_argument("--answer-field", help="reference answer field of a file (default: guessed)")
+    ev.add_argument("--answer-format", choices=["plain", "boxed", "gsm8k"], help="how the answer field holds the answer")
+    ev.add_argument("--prompt-template", help="math prompt with {question} (default asks for \\boxed{})")
+    ev.add_argument("--split", help="split of a dataset directory (default: test, else the first)")
+    ev.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="knob of a gym:/task: task (value parsed as YAML), repeatable")
+    ev.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-entropy", action="store_true", help="skip the extra forward pass for token entropy")
+    ev.add_argument("--timeout-s", type=float, default=10.0, help="per-response verification timeout")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    ev.add_argument("--overwrite", action="store_true", help="discard results already in OUT")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _task_args(items: list[str]) -> dict:
+    import yaml
+
+    from rlvr.errors import ConfigError
+
+    knobs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--task-arg: expected KEY=VALUE, got '{item}'")
+        knobs[key.strip()] = yaml.safe_load(value)
+    return knobs
+
+
+def _run_eval(args: argparse.Namespace, console: Console) -> None:
+    from transformers.utils import logging as hf_logging
+
+    from rlvr.eval.runner import evaluate_model
+
+    hf_logging.disable_progress_bar()
+    summary = evaluate_model(
+        args.model,
+        args.data,
+        args.out,
+        n=args.samples,
+        ks=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        batch_prompts=args.batch_prompts,
+        limit=args.limit,
+        question_field=args.question_field,
+        answer_field=args.answer_field,
+        answer_format=args.answer_format,
+        prompt_template=args.prompt_template,
+        split=args.split,
+        task_knobs=_task_args(args.task_arg),
+        chat_template=args.chat_template,
+        seed=args.seed,
+        entropy=not args.no_entropy,
+        timeout_s=args.timeout_s,
+        device=args.device,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        console=console,
+    )
+    m = summary["metrics"]
+    shown = ["accuracy", *[k for k in m if k.startswith(("pass@", "maj@"))], "length/mean", "entropy/mean",
+             "answers/distinct_mean", "distinct_2", "accuracy_per_1k_tokens"]
+    console.print(", ".join(f"{k} {m[k]:.4g}" for k in shown if isinstance(m.get(k), float)), highlight=False)
+    console.print(f"wrote {summary['out_dir']}/summary.json and summary.md ({m['num_prompts']:.0f} prompts)")
 
 
 def _knobs(entry) -> str:  # noqa: ANN001 - a registry Entry
@@ -110,11 +220,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(methods_markdown(), end="")
             else:
                 _methods(console)
+        elif args.command == "eval":
+            _run_eval(args, console)
         elif args.command == "report":
-            from rlvr.eval.report import write_run_report
+            from rlvr.eval.report import write_comparison_report, write_run_report
 
-            for run_dir in args.run_dirs:
-                console.print(f"wrote {write_run_report(run_dir)}")
+            if args.out:
+                console.print(f"wrote {write_comparison_report(args.run_dirs, args.out)}")
+            else:
+                for run_dir in args.run_dirs:
+                    md = write_run_report(run_dir)
+                    console.print(f"wrote {md} and {md.with_suffix('.html')}")
     except RLVRError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2

@@ -3,7 +3,14 @@
 Shapes: ``B`` responses in the (micro-)batch, ``T`` padded response length. Token tensors are
 ``(B, T)`` and aligned with ``response_mask`` (1.0 on real response tokens, 0.0 on padding).
 Sequence tensors are ``(B,)``. The trainer also puts the decoded ``responses`` (list of str) and
-the ``problems`` (list of :class:`rlvr.tasks.base.Problem`) of the rollout batch in ``extras``.
+the ``problems`` (list of :class:`rlvr.tasks.base.Problem`) of the rollout batch in ``extras``, and
+``extras["row_index"]`` = ``arange(B)`` over the rollout batch, so that a micro-batch (``select``)
+knows which rollout rows it holds (batch-scope token selections such as Clip-Cov's).
+
+No-grad per-token fields of the policy forward (``rlvr.train.forward``): ``minp_logprobs`` (log-prob
+of the sampled token under the min-p proxy, Lp-Reg), ``self_certainty`` (``logsumexp(z) - mean_v z``,
+UCAS) and ``raw_logit`` (pre-temperature logit of the sampled token, UCAS); ``old_*`` are the
+rollout policy's values.
 
 Aggregation over the *global* batch: when a mini-batch is split into micro-batches for gradient
 accumulation, the trainer sets ``global_num_tokens`` / ``global_num_seqs`` to the mini-batch totals.
@@ -40,6 +47,12 @@ class AlgoContext:
     old_entropy: Tensor | None = None
     top_p_entropy: Tensor | None = None
     old_top_p_entropy: Tensor | None = None
+    minp_logprobs: Tensor | None = None
+    old_minp_logprobs: Tensor | None = None
+    self_certainty: Tensor | None = None
+    old_self_certainty: Tensor | None = None
+    raw_logit: Tensor | None = None
+    old_raw_logit: Tensor | None = None
     advantages: Tensor | None = None
     prompt_ids: list[str] | None = None
     step: int = 0

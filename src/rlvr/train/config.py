@@ -102,6 +102,8 @@ class RolloutConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     chat_template: Literal["auto", "on", "off"] = "auto"
+    dynamic_sampling: bool = Field(False, description="DAPO: keep only groups with varying scores, refill")
+    max_sampling_rounds: int = Field(10, ge=1, description="generation rounds per step with dynamic_sampling")
 
 
 class MethodConfig(Strict):
@@ -171,6 +173,9 @@ class TrainConfig(Strict):
     ppo_epochs: int = Field(1, ge=1)
     mini_batch_size: int | None = Field(64, ge=1, description="sequences per optimizer update; null = whole batch")
     micro_batch_size: int = Field(64, ge=1)
+    shuffle: Literal["rows", "groups"] = Field(
+        "rows", description="groups: mini/micro-batches hold whole groups (needed by drpo)"
+    )
     grad_clip: float = Field(1.0, gt=0)
     logprob_chunk_size: int = Field(1024, ge=1)
     checkpoint_every: int = Field(10, ge=1)
@@ -198,6 +203,18 @@ class EvalConfig(Strict):
 
 class RunConfig(Strict):
     """A whole run."""
+
+    @model_validator(mode="after")
+    def _group_aligned_batches(self) -> "RunConfig":
+        if self.train.shuffle == "groups":
+            n = self.rollout.group_size
+            for key in ("mini_batch_size", "micro_batch_size"):
+                value = getattr(self.train, key)
+                if value is not None and value % n:
+                    raise ValueError(
+                        f"train.shuffle=groups needs train.{key} ({value}) to be a multiple of rollout.group_size ({n})"
+                    )
+        return self
 
     seed: int = 0
     output_dir: str = "runs/default"

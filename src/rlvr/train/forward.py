@@ -14,12 +14,21 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from rlvr.ops import chunked_logprobs_entropy, chunked_top_p_entropy, last_hidden_states, output_head_weight
+from rlvr.ops.certainty import chunked_self_certainty
+from rlvr.ops.minp import chunked_minp_logprobs
 from rlvr.rollout.base import RolloutBatch
 
 
-FORWARD_FIELDS = frozenset({"logprobs", "entropy", "top_p_entropy"})
+FORWARD_FIELDS = frozenset(
+    {"logprobs", "entropy", "top_p_entropy", "minp_logprobs", "self_certainty", "raw_logit"}
+)
 """Per-token quantities :func:`policy_forward` can compute; a method asks for the current-policy
-value as ``<field>`` and for the rollout (old) policy's as ``old_<field>`` in its ``requires``."""
+value as ``<field>`` and for the rollout (old) policy's as ``old_<field>`` in its ``requires``.
+
+``minp_logprobs`` (Lp-Reg's min-p proxy log-prob of the sampled token), ``self_certainty`` and
+``raw_logit`` (UCAS) never carry a gradient: methods use them as fixed targets or inputs."""
+
+NO_GRAD_FIELDS = frozenset({"minp_logprobs", "self_certainty", "raw_logit"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,13 @@ class TopPSpec:
     top_k: int = 10000
 
 
+@dataclass(frozen=True)
+class MinPSpec:
+    """Min-p proxy settings (Lp-Reg): keep tokens with ``p_v >= kappa * max p`` (official scripts 0.02)."""
+
+    kappa: float = 0.02
+
+
 def policy_forward(
     model: PreTrainedModel,
     batch: RolloutBatch,
@@ -38,11 +54,14 @@ def policy_forward(
     chunk_size: int,
     fields: frozenset[str] = frozenset({"logprobs"}),
     top_p: TopPSpec | None = None,
+    min_p: MinPSpec | None = None,
 ) -> dict[str, Tensor]:
     """The requested per-token ``fields`` (subset of FORWARD_FIELDS) of the response tokens, ``(B, T)``.
 
-    Gradients flow when called outside ``torch.no_grad``. Logits are divided by the sampling
-    temperature, as verl does, so that the old/current ratio refers to the sampling distribution.
+    Gradients flow when called outside ``torch.no_grad`` (except for :data:`NO_GRAD_FIELDS`). Logits
+    are divided by the sampling temperature, as verl does, so that the old/current ratio refers to
+    the sampling distribution (``raw_logit`` is the one pre-temperature value). ``min_p`` sets the
+    min-p proxy threshold of ``minp_logprobs`` (default :class:`MinPSpec`).
     """
     unknown = set(fields) - FORWARD_FIELDS
     if unknown:
@@ -71,6 +90,30 @@ def policy_forward(
             flat_hidden, weight, p=spec.p, top_k=spec.top_k, temperature=temperature, chunk_size=max(1, chunk_size // 4)
         )
         out["top_p_entropy"] = _scatter(top_p_h, valid)
+    if "minp_logprobs" in fields:
+        spec_m = min_p or MinPSpec()
+        minp = chunked_minp_logprobs(
+            flat_hidden.detach(),
+            weight,
+            flat_targets,
+            kappa=spec_m.kappa,
+            temperature=temperature,
+            chunk_size=chunk_size,
+        )
+        out["minp_logprobs"] = _scatter(minp, valid)
+    if fields & {"self_certainty", "raw_logit"}:
+        certainty, raw = chunked_self_certainty(
+            flat_hidden.detach(),
+            weight,
+            flat_targets,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            with_certainty="self_certainty" in fields,
+        )
+        if certainty is not None:
+            out["self_certainty"] = _scatter(certainty, valid)
+        if "raw_logit" in fields:
+            out["raw_logit"] = _scatter(raw, valid)
     return out
 
 

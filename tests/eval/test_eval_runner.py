@@ -1,0 +1,191 @@
+"""``rlvr eval`` end to end on a tiny saved model: summaries, resume, data resolution, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlvr.cli import main
+from rlvr.errors import ConfigError
+from rlvr.eval import runner
+from rlvr.eval.runner import SHARED_SETS, evaluate_model, resolve_data
+from rlvr.models.tiny import char_tokenizer, tiny_qwen2
+from rlvr.rollout.hf import HFRollout
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "math"
+FAST = dict(max_new_tokens=6, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    tokenizer = char_tokenizer()
+    model = tiny_qwen2(tokenizer, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    path = tmp_path_factory.mktemp("tiny") / "final_model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def count_generate(monkeypatch):
+    """Counts generate calls and the prompts they sampled."""
+    calls: list[int] = []
+    real = HFRollout.generate
+
+    def counting(self, model, prompts, **kwargs):
+        calls.append(len(prompts))
+        return real(self, model, prompts, **kwargs)
+
+    monkeypatch.setattr(HFRollout, "generate", counting)
+    return calls
+
+
+def write_jsonl(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def results(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_jsonl_end_to_end_with_known_answers(model_dir, tmp_path, monkeypatch) -> None:
+    """Responses are replaced by known texts so every metric has a hand-computed value; the real
+    path (generate, math-verify in its helper processes, entropy forward, files) runs unchanged."""
+    data = write_jsonl(tmp_path / "toy.jsonl", [
+        {"problem": "1+1?", "answer": "2"},
+        {"problem": "1+2?", "answer": "3"},
+        {"problem": "4/2?", "answer": "2"},
+    ])
+    real = HFRollout.generate
+
+    def fixed(self, model, prompts, **kwargs):
+        batch = real(self, model, prompts, **kwargs)
+        batch.responses = ["so \\boxed{2}" if j % 2 == 0 else "no idea" for j in range(len(batch.responses))]
+        return batch
+
+    monkeypatch.setattr(HFRollout, "generate", fixed)
+    out = tmp_path / "out"
+    summary = evaluate_model(model_dir, data, out, n=4, batch_prompts=2, **FAST)
+    m = summary["metrics"]
+    assert summary["data"]["question_field"] == "problem" and summary["data"]["answer_format"] == "plain"
+    assert m["num_prompts"] == 3 and m["num_responses"] == 12
+    assert m["accuracy"] == pytest.approx(1 / 3) and m["avg@4"] == pytest.approx(1 / 3)  # 2/4, 0/4, 2/4
+    assert m["pass@2"] == pytest.approx(2 * (1 - 1 / 6) / 3)  # 1 - C(2,2)/C(4,2) on two prompts
+    assert m["pass@4"] == pytest.approx(2 / 3)
+    assert m["maj@4"] == pytest.approx(2 / 3)  # "2" wins everywhere; right for two prompts
+    assert m["answers/distinct_mean"] == 1 and m["answers/none_frac"] == 0.5
+    assert m["length/mean"] > 0 and m["entropy/mean"] > 0 and 0 < m["distinct_1"] <= 1
+    assert m["accuracy_per_1k_tokens"] == pytest.approx(1000 * 4 / m["tokens/total"])
+    rows = results(out)
+    assert [r["id"] for r in rows] == ["toy:0", "toy:1", "toy:2"]
+    assert rows[1]["correct"] == [False] * 4 and rows[0]["answers"] == ["2", None, "2", None]
+    assert len(rows[0]["entropy"]) == 4 and len(rows[0]["lengths"]) == 4
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["metrics"]["pass@4"] == pytest.approx(2 / 3) and saved["complete"]
+    assert "maj@4" in (out / "summary.md").read_text()
+
+
+def test_countdown_resume_skips_finished_prompts(model_dir, tmp_path, count_generate) -> None:
+    out = tmp_path / "cd"
+    first = evaluate_model(model_dir, "task:countdown", out, n=2, limit=4, batch_prompts=2, **FAST)
+    assert sum(count_generate) == 4 and first["metrics"]["num_prompts"] == 4
+    assert first["data"]["kind"] == "task" and first["task"] == "countdown"
+    assert set(first["metrics"]) >= {"pass@1", "pass@2", "maj@2", "entropy/mean", "distinct_2", "length/p90"}
+
+    # interrupted run: one finished prompt and a torn line
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n" + lines[1][:25])
+    count_generate.clear()
+    resumed = evaluate_model(model_dir, "task:countdown", out, n=2, limit=4, batch_prompts=2, **FAST)
+    assert sum(count_generate) == 3  # only the three unfinished prompts
+    assert resumed["metrics"]["num_prompts"] == 4 and resumed["last_invocation"]["prompts_generated"] == 3
+    assert len(results(out)) == 4 and len({r["id"] for r in results(out)}) == 4
+
+    count_generate.clear()
+    again = evaluate_model(model_dir, "task:countdown", out, n=2, limit=4, batch_prompts=2, **FAST)
+    assert count_generate == [] and again["metrics"]["num_prompts"] == 4  # nothing left: no model load either
+
+    with pytest.raises(ConfigError, match="n=2"):
+        evaluate_model(model_dir, "task:countdown", out, n=3, limit=4, **FAST)
+    evaluate_model(model_dir, "task:countdown", out, n=3, limit=2, overwrite=True, **FAST)
+    assert len(results(out)) == 2 and len(results(out)[0]["responses"]) == 3
+
+
+def test_default_out_dir_of_a_run_model(tmp_path) -> None:
+    run = tmp_path / "run"
+    (run / "final_model").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    assert runner.default_out_dir(run / "final_model", "math500") == (run / "eval" / "math500").resolve()
+    assert runner.default_out_dir(tmp_path / "m", "gsm8k") == Path("eval_results") / "m" / "gsm8k"
+
+
+def test_field_guessing_parquet_and_gsm8k_format(tmp_path) -> None:
+    import pandas as pd
+
+    path = tmp_path / "qa.parquet"
+    pd.DataFrame({"question": ["How many?"], "answer": ["It is 3+4.\n#### 7"]}).to_parquet(path)
+    data = resolve_data(str(path))
+    assert (data.info["question_field"], data.info["answer_field"], data.info["answer_format"]) == ("question", "answer", "gsm8k")
+    assert data.problems[0].answer == "7" and data.problems[0].id == "qa:0"
+    assert data.extract("thus \\boxed{ 7 }") == "7"
+    explicit = resolve_data(str(path), answer_format="plain")
+    assert explicit.problems[0].answer.endswith("#### 7")
+
+
+def test_local_hf_dataset_directory(tmp_path) -> None:
+    import datasets
+
+    saved = tmp_path / "my_set"
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([{"problem": "a", "answer": "1"}]),
+        "test": datasets.Dataset.from_list([{"problem": "b", "answer": "2"}, {"problem": "c", "answer": "3"}]),
+    }).save_to_disk(str(saved))
+    data = resolve_data(str(saved), work_dir=tmp_path / "out")
+    assert [p.answer for p in data.problems] == ["2", "3"] and data.info["kind"] == "hf_local"
+    assert (tmp_path / "out" / "data" / "my_set.jsonl").is_file()
+    assert [p.answer for p in resolve_data(str(saved), split="train", work_dir=tmp_path / "o2").problems] == ["1"]
+
+
+def test_unknown_data_is_an_error_that_mentions_the_hub(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="never downloads from the hub"):
+        resolve_data("HuggingFaceH4/MATH-500")
+    with pytest.raises(ConfigError, match="task-arg"):
+        resolve_data(str(tmp_path / "nope.jsonl"), task_knobs={"x": 1})
+
+
+def test_data_dir_env_var(tmp_path, monkeypatch) -> None:
+    write_jsonl(tmp_path / "aime24.jsonl", [{"problem": "p", "answer": "042", "id": 1}])
+    monkeypatch.setenv(runner.DATA_DIR_ENV, str(tmp_path))
+    data = resolve_data("aime24")
+    assert data.info["path"] == str(tmp_path / "aime24.jsonl") and data.problems[0].answer == "042"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/math not present")
+def test_shared_set_names_resolve_with_their_field_mapping(monkeypatch) -> None:
+    monkeypatch.delenv(runner.DATA_DIR_ENV, raising=False)
+    expected_fields = {"gsm8k": "question", "olympiadbench": "question", "math500": "problem"}
+    for name in SHARED_SETS:
+        data = resolve_data(name, limit=2)
+        assert len(data.problems) == 2 and all(p.answer for p in data.problems), name
+        assert data.info["kind"] == "shared" and Path(data.info["path"]).name == f"{name}.jsonl"
+        if name in expected_fields:
+            assert data.info["question_field"] == expected_fields[name]
+    assert resolve_data("gsm8k", limit=1).problems[0].answer == "18"
+    assert resolve_data("amc23", limit=1).problems[0].answer == "27"
+    assert "boxed" not in resolve_data("minerva_math", limit=1).problems[0].answer
+    olympiad = resolve_data("olympiadbench", limit=1).problems[0].answer  # a list in the file
+    assert olympiad and not olympiad.startswith("[")
+
+
+def test_cli_eval(model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "cli"
+    code = main(["eval", model_dir, "--data", "task:countdown", "--limit", "2", "-n", "2", "--k", "1,2",
+                 "--max-new-tokens", "4", "--out", str(out), "--quiet", "--task-arg", "num_count=3"])
+    assert code == 0, capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["metrics"]["num_prompts"] == 2
+    assert main(["eval", model_dir, "--data", "nowhere/at_all", "--out", str(tmp_path / "x")]) == 2
+    assert "hub" in capsys.readouterr().out
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,67 @@
+"""Dynamic sampling (DAPO), group-aligned shuffling, and loss denominators from known masks."""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.algos import AlgoContext
+from rlvr.tasks.base import Problem, tasks
+from rlvr.tasks.countdown import CountdownTask
+from rlvr.train.config import load_config
+from rlvr.train.trainer import Trainer
+
+
+@tasks.register("test_parity", override=True)
+class ParityTask(CountdownTask):
+    """Scores a response 1 when its length is even: a random-looking but informative signal."""
+
+    name = "test_parity"
+
+    def score(self, problem: Problem, response: str) -> float:
+        return float(len(response) % 2 == 0)
+
+
+def test_dynamic_sampling_keeps_exactly_the_informative_groups(fast_overrides):
+    cfg = load_config(
+        None, [*fast_overrides, "task=test_parity", "rollout.dynamic_sampling=true", "rollout.max_sampling_rounds=20"]
+    )
+    trainer = Trainer(cfg, quiet=True)
+    torch.manual_seed(0)
+    problems, batch, rewards, _, stats = trainer._sample_and_score()
+    groups = batch.group_ids.unique()
+    assert len(groups) == cfg.rollout.prompts_per_step == stats["sampling/informative_groups"] or (
+        stats["sampling/informative_groups"] >= cfg.rollout.prompts_per_step and len(groups) == cfg.rollout.prompts_per_step
+    )
+    for g in groups:
+        scores = rewards[batch.group_ids == g]
+        assert len(scores) == cfg.rollout.group_size and scores.max() > scores.min()
+    assert [len(r) % 2 == 0 for r in batch.responses] == rewards.bool().tolist()
+    assert len(problems) == len(batch.responses)
+
+
+def test_group_shuffle_keeps_groups_whole(fast_overrides):
+    cfg = load_config(None, [*fast_overrides, "train.shuffle=groups", "train.micro_batch_size=8"])
+    trainer = Trainer(cfg, quiet=True)
+    group_ids = torch.arange(5).repeat_interleave(4)
+    ctx = AlgoContext(response_mask=torch.ones(20, 3), group_ids=group_ids)
+    order = trainer._shuffled_rows(ctx)
+    assert sorted(order.tolist()) == list(range(20))
+    blocks = group_ids[order].view(5, 4)
+    assert (blocks == blocks[:, :1]).all()
+
+
+def test_group_shuffle_rejects_batches_that_split_groups(fast_overrides):
+    import pytest
+
+    from rlvr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of rollout.group_size"):
+        load_config(None, [*fast_overrides, "train.shuffle=groups", "train.micro_batch_size=6"])
+
+
+def test_masked_truncated_tokens_leave_the_token_mean_denominator(fast_overrides):
+    cfg = load_config(None, [*fast_overrides, "algo.token_weights=[mask_truncated]"])
+    trainer = Trainer(cfg, quiet=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    ctx = AlgoContext(response_mask=mask, truncated=torch.tensor([True, False]))
+    assert trainer._denominator_mask(ctx).tolist() == [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
