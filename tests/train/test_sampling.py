@@ -65,3 +65,28 @@ def test_masked_truncated_tokens_leave_the_token_mean_denominator(fast_overrides
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     ctx = AlgoContext(response_mask=mask, truncated=torch.tensor([True, False]))
     assert trainer._denominator_mask(ctx).tolist() == [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+
+
+def test_sar_gets_answer_only_logprobs_from_the_trainer(fast_overrides):
+    """SAR's ppl(a) comes from a forward of each response without its query."""
+    from pathlib import Path
+
+    from rlvr.train.logging import read_metrics
+
+    cfg = load_config(None, [*fast_overrides, "train.steps=1", "algo.reward_shaping=[sar]"])
+    trainer = Trainer(cfg, quiet=True)
+    trainer.run()
+    assert "reward/mean" in read_metrics(Path(cfg.output_dir) / "metrics.jsonl")[-1]
+    from rlvr.rollout.hf import HFRollout
+
+    torch.manual_seed(0)
+    batch = HFRollout(trainer.tokenizer).generate(trainer.model, ["1 2 3>6="], n=2, max_new_tokens=5)
+    got = trainer._answer_only_logprobs(batch)
+    tok = trainer.tokenizer
+    for row in range(2):
+        ids = batch.response_ids[row][batch.response_mask[row].bool()]
+        full = torch.cat([torch.tensor([tok.bos_token_id]), ids]).unsqueeze(0)
+        with torch.no_grad():
+            logits = trainer.model(full).logits[0, :-1]
+        expected = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(got[row, : len(ids)], expected, atol=1e-5)

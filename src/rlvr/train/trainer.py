@@ -33,7 +33,7 @@ from rlvr.algos import REGISTRIES, AlgoContext, Component
 from rlvr.errors import RLVRError
 from rlvr.algos.dynamic_sampling import keep_informative_groups
 from rlvr.rollout.base import RolloutBatch, concat_batches
-from rlvr.rollout.hf import HFRollout
+from rlvr.rollout.hf import HFRollout, format_prompts
 from rlvr.tasks.base import Problem, Task, tasks
 from rlvr.train.checkpoint import rng_state, require_checkpoint, save_checkpoint, set_rng_state
 from rlvr.train.config import RunConfig, dump_config
@@ -321,6 +321,40 @@ class Trainer:
                     pieces.setdefault("ref_logprobs", []).append(ref["logprobs"])
         return {key: torch.cat(parts, dim=0) for key, parts in pieces.items()}
 
+    def _answer_only_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """Log-probs of each response with its query removed (SAR's ``ppl(a)``), ``(B, T)``, no grad.
+
+        The prompt is the empty prompt under the same formatting (just BOS, or the chat template with
+        an empty user turn, as the official ``create_ans_only_batch``); positions continue after it.
+        """
+        tok = self.tokenizer
+        empty = format_prompts(tok, [""], self.cfg.rollout.chat_template)[0]
+        prompt_ids = torch.tensor(tok(empty, add_special_tokens=False)["input_ids"]).unsqueeze(0)
+        n = batch.input_ids.shape[0]
+        prompt = prompt_ids.expand(n, -1).to(batch.input_ids.device)
+        answer_only = RolloutBatch(
+            input_ids=torch.cat([prompt, batch.response_ids], dim=1),
+            attention_mask=torch.cat([torch.ones_like(prompt), batch.response_mask.long()], dim=1),
+            prompt_len=prompt.shape[1],
+            response_mask=batch.response_mask,
+            responses=batch.responses,
+            truncated=batch.truncated,
+            group_ids=batch.group_ids,
+        )
+        mb = self.cfg.train.micro_batch_size
+        parts = []
+        with torch.no_grad():
+            for start in range(0, n, mb):
+                rows = answer_only.rows(torch.arange(start, min(start + mb, n)))
+                out = policy_forward(
+                    self.model,
+                    rows,
+                    temperature=self.cfg.rollout.temperature,
+                    chunk_size=self.cfg.train.logprob_chunk_size,
+                )
+                parts.append(out["logprobs"])
+        return torch.cat(parts)
+
     def _update(self, ctx: AlgoContext, batch: RolloutBatch, top_p: TopPSpec | None) -> dict[str, float]:
         """PPO epochs over mini-batches with gradient accumulation; returns averaged metrics."""
         assert self.optimizer is not None
@@ -495,6 +529,8 @@ class Trainer:
             extras={"responses": batch.responses, "problems": problems, "row_index": torch.arange(len(problems))},
             **old,
         )
+        if "answer_only_logprobs" in self.pipeline.requires:
+            ctx.extras["answer_only_logprobs"] = self._answer_only_logprobs(batch)
         record: dict[str, Any] = {"step": self.step + 1, **sampling_stats}
         for shaper in self.pipeline.reward_shaping:
             ctx.rewards = shaper(ctx)
