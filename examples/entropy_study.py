@@ -4,6 +4,8 @@
     .venv/bin/python examples/entropy_study.py --steps 150 --seeds 0 1 2
     .venv/bin/python examples/entropy_study.py rollout.temperature=1.2 --methods grpo siren
     .venv/bin/python examples/entropy_study.py --report-only         # re-render from existing runs
+    .venv/bin/python examples/entropy_study.py --out runs/probe --methods entropy_bonus \
+        --warmstart runs/entropy_study/warmstart/final_model -- algo.regularizers.0.coef=0.05
 
 What it does (Python API, one process, one run at a time):
 
@@ -65,10 +67,10 @@ METHODS: dict[str, tuple[str | None, list[str], str]] = {
     "entropy_bonus": (
         "siren",
         ["algo.regularizers=[{name: entropy_bonus, coef: 0.005}]"],
-        "SIREN preset PG part (Dr.GRPO, clip 0.2/0.2, seq-mean-token-sum-norm) + naive entropy bonus 0.005 on all tokens",
+        "SIREN's naive baseline: the siren preset with its regularizer replaced by a plain entropy bonus",
     ),
-    "siren": ("siren", [], "siren preset: Dr.GRPO + selective anchored entropy regularizer 0.005"),
-    "canon": ("canon", [], "canon preset: entropy-split conditional advantage mu=1, clip 0.2/0.28, seq-mean-token-sum"),
+    "siren": ("siren", [], "siren preset: Dr.GRPO + selective, self-anchored entropy regularizer"),
+    "canon": ("canon", [], "canon preset: conditional advantage split by mean token entropy"),
 }
 
 COLORS = {"grpo": "tab:blue", "entropy_bonus": "tab:orange", "siren": "tab:green", "canon": "tab:red"}
@@ -201,6 +203,19 @@ def _evals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if "eval/accuracy_greedy" in r]
 
 
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    """Drop SIREN's selected entropy on steps where no token was selected (it is logged as 0 there, which is
+    not an entropy measurement); ``siren/no_selection`` marks those steps."""
+    for prefix in ("siren/old_", "siren/"):
+        if record.get(f"{prefix}frac_selected") == 0 and f"{prefix}selected_entropy" in record:
+            record = {k: v for k, v in record.items() if k != f"{prefix}selected_entropy"}
+            if prefix == "siren/old_":
+                record["siren/no_selection"] = 1.0
+    if "siren/old_frac_selected" in record and "siren/no_selection" not in record:
+        record["siren/no_selection"] = 0.0
+    return record
+
+
 def run_summary(records: list[dict[str, Any]], wall_s: float) -> dict[str, float]:
     """The numbers of one run that go into the table."""
     evals = _evals(records)
@@ -245,6 +260,7 @@ def run_summary(records: list[dict[str, Any]], wall_s: float) -> dict[str, float
         out["siren/selected_entropy_final"] = _tail_mean(records, "siren/old_selected_entropy")
         out["siren/frac_selected_step1"] = _first(records, "siren/old_frac_selected")
         out["siren/frac_selected_final"] = _tail_mean(records, "siren/old_frac_selected")
+        out["siren/steps_no_selection"] = sum(_series(records, "siren/no_selection")[1])
         out["top_p_entropy/step1"] = _first(records, "top_p_entropy/mean")
         out["top_p_entropy/final"] = _tail_mean(records, "top_p_entropy/mean")
     return out
@@ -264,7 +280,7 @@ def collect(out: Path, methods: list[str], seeds: list[int]) -> dict[str, Any]:
         runs, summaries = [], []
         for seed in seeds:
             d = run_dir(out, method, seed)
-            records = read_metrics(d / "metrics.jsonl")
+            records = [_clean(r) for r in read_metrics(d / "metrics.jsonl")]
             if not records:
                 continue
             wall_file = d / "wall_time_s.txt"
@@ -475,7 +491,8 @@ def _observations(study: dict[str, Any], num_problems: int | None) -> list[str]:
                 verdict = " (held within 15% of its step-1 value)"
         lines.append(
             f"- **{method}**: mean token entropy {_f(s['entropy/step1'])} (step 1) -> {_f(s['entropy/final'])} "
-            f"(last {TAIL} steps), {rel:+.0%}{verdict}; range over the run {_f(s['entropy/min'])}-{_f(s['entropy/max'])}. "
+            f"(last {TAIL} steps), {rel:+.0%}{verdict}; "
+            f"range over the run {_f(s['entropy/min'])}-{_f(s['entropy/max'])}. "
             f"Held-out greedy accuracy {_f(s.get('warm/accuracy_greedy', math.nan))} -> "
             f"{_f(s.get('final/accuracy_greedy', math.nan))}; training accuracy {_f(s['train_accuracy/step1'])} -> "
             f"{_f(s['train_accuracy/final'])}."
@@ -484,16 +501,18 @@ def _observations(study: dict[str, Any], num_problems: int | None) -> list[str]:
             anchor, sel = s["siren/anchor"], s["siren/selected_entropy_final"]
             lines.append(
                 f"  SIREN's regularized quantity (selected top-p entropy of the rollout batch): anchor {_f(anchor)}, "
-                f"last {TAIL} steps {_f(sel)} ({(sel - anchor) / anchor:+.0%} vs anchor). It is averaged only over "
-                f"the selected tokens, whose share of response tokens went {_f(s['siren/frac_selected_step1'])} -> "
-                f"{_f(s['siren/frac_selected_final'])}; the mean top-p entropy over all tokens went "
+                f"last {TAIL} steps with a selection {_f(sel)} ({(sel - anchor) / anchor:+.0%} vs anchor). It is "
+                f"averaged only over the selected tokens, whose share of response tokens went "
+                f"{_f(s['siren/frac_selected_step1'])} -> {_f(s['siren/frac_selected_final'])} "
+                f"({s['siren/steps_no_selection']:.0f} rollout batches selected no token at all, "
+                f"so the regularizer had (almost) nothing to act on); the mean top-p entropy over all tokens went "
                 f"{_f(s['top_p_entropy/step1'])} -> {_f(s['top_p_entropy/final'])}."
             )
         if s.get("loss/reg_abs", 0) > 1e-12:
             lines.append(
                 f"  Size of the regularizer term in the loss: mean |reg| {s['loss/reg_abs']:.2e} vs mean |policy loss| "
-                f"{s['loss/pg_abs']:.2e} (ratio {s['loss/reg_abs'] / max(s['loss/pg_abs'], 1e-12):.2f}; loss values, not gradient norms, "
-                f"and the policy loss averages near zero by construction)."
+                f"{s['loss/pg_abs']:.2e} (ratio {s['loss/reg_abs'] / max(s['loss/pg_abs'], 1e-12):.2f}; loss values, "
+                "not gradient norms, and the policy loss averages near zero by construction)."
             )
     ref = study.get("grpo", {}).get("summary", {}).get("entropy/final")
     if ref and math.isfinite(ref) and len(study) > 1:
@@ -534,7 +553,7 @@ def write_markdown(out: Path, study: dict[str, Any], args: argparse.Namespace, p
         f"Generated by `examples/entropy_study.py` ({time.strftime('%Y-%m-%d %H:%M')}). "
         f"Task `{cfg_data.get('task', {}).get('name', '?')}`, built-in tiny model "
         f"({_tiny_desc(ws)}), one shared supervised warm start "
-        f"({ws.get('warmstart', {}).get('steps') or 'default'} steps, seed {args.seeds[0]}), then "
+        f"({_ws_steps(ws)}, seed {args.seeds[0]}), then "
         f"{t.get('steps', args.steps)} RL steps per method from the same weights, seeds {args.seeds} "
         f"(mean over seeds{'; ± = std over seeds' if seeds > 1 else ''}).",
         f"Rollouts: {r.get('prompts_per_step')} prompts x {r.get('group_size')} samples per step, "
@@ -543,9 +562,9 @@ def write_markdown(out: Path, study: dict[str, Any], args: argparse.Namespace, p
         f"every {e.get('every')} steps."
         + (f" Extra overrides: `{' '.join(args.overrides)}`." if args.overrides else ""),
         "",
-        "| method | what it runs |",
-        "|---|---|",
-        *[f"| {m} | {METHODS[m][2]} |" for m in study],
+        "| method | what it runs | resolved pipeline (from the run's config.yaml) |",
+        "|---|---|---|",
+        *[f"| {m} | {METHODS[m][2]} | {_pipeline(out, m, args.seeds)} |" for m in study],
         "",
         "## Results",
         "",
@@ -584,16 +603,17 @@ def write_markdown(out: Path, study: dict[str, Any], args: argparse.Namespace, p
         "reasoning tokens, and almost no room for length to change. The papers study 1.5B-7B LLMs with "
         "responses of thousands of tokens.",
         "- lr, batch size and step count differ from the papers by orders of magnitude (the papers: lr 1e-6, "
-        "hundreds of prompts per step; here lr 1e-4 and a few hundred steps), so the entropy coefficients "
-        "(0.005) and CANON's mu are carried over, not re-tuned.",
+        f"hundreds of prompts per step; here lr {t.get('lr')} and {t.get('steps', args.steps)} steps), so the entropy "
+        "coefficients (the papers' 0.005) and CANON's mu are carried over, not re-tuned.",
         "- One shared warm start: the seeds vary RL sampling and data order only.",
         "",
         "## Plots",
         "",
     ]
     captions = {
-        "entropy": "Entropy over RL steps (left: mean token entropy of the rollouts; right: SIREN's selected "
-                   "entropy with its anchor dotted, or the 90th percentile).",
+        "entropy": "Entropy over RL steps: mean and 90th-percentile token entropy of the rollouts; with SIREN, "
+                   "a third panel shows its selected entropy vs the anchor (dotted) and, on the right axis, the "
+                   "share of tokens it selects and the mean top-p entropy.",
         "accuracy": "Training accuracy (left) and held-out greedy accuracy (right).",
         "passk": "Held-out pass@k after the warm start and at the end, and over RL.",
         "response_length": "Response length (rollouts and held-out).",
@@ -609,8 +629,39 @@ def write_markdown(out: Path, study: dict[str, Any], args: argparse.Namespace, p
     return path
 
 
+def _method_str(m: dict[str, Any] | str) -> str:
+    if isinstance(m, str):
+        return f"`{m}`"
+    knobs = ", ".join(f"{k}={v}" for k, v in (m.get("kwargs") or {}).items())
+    return f"`{m.get('name')}({knobs})`"
+
+
+def _pipeline(out: Path, method: str, seeds: list[int]) -> str:
+    """advantage / policy loss / aggregation / regularizers as resolved in the first seed's config.yaml."""
+    cfg_file = next((run_dir(out, method, s) / "config.yaml" for s in seeds
+                     if (run_dir(out, method, s) / "config.yaml").is_file()), None)
+    if cfg_file is None:
+        return "n/a"
+    a = yaml_load(cfg_file).get("algo", {})
+    parts = [f"adv {_method_str(a.get('advantage', '?'))}", f"loss {_method_str(a.get('policy_loss', '?'))}",
+             f"agg `{a.get('agg_mode')}`"]
+    for stage in ("reward_shaping", "token_weights", "regularizers", "controllers"):
+        for m in a.get(stage) or []:
+            parts.append(f"{stage.rstrip('s').replace('_', ' ')} {_method_str(m)}")
+    return "; ".join(parts)
+
+
 def yaml_load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
+
+
+def _ws_steps(ws_cfg: dict[str, Any]) -> str:
+    steps = ws_cfg.get("warmstart", {}).get("steps")
+    if steps is not None:
+        return f"{steps} steps"
+    if not ws_cfg:
+        return "a saved model given with --warmstart"
+    return "600 steps (default)" if not ws_cfg.get("model", {}).get("path") else "0 steps"
 
 
 def _tiny_desc(ws_cfg: dict[str, Any]) -> str:

@@ -20,6 +20,13 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _only_when_selected(request):
+    """Minutes of CPU: run only when slow tests are selected explicitly (``-m slow``)."""
+    if "slow" not in (request.config.getoption("markexpr") or "") or "not slow" in request.config.getoption("markexpr"):
+        pytest.skip("SmolLM2 smoke test runs only with -m slow (takes minutes on 2 CPU cores)")
+
+
 def test_convert_then_two_rl_steps(tmp_path):
     pytest.importorskip("reasoning_gym", reason="task reasoning_gym needs: pip install reasoning-gym")
     from rlvr.models.loading import load_model_and_tokenizer

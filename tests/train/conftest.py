@@ -19,6 +19,7 @@ FAST = [
     "eval.samples=2",
     "eval.pass_k=[1,2]",
     "eval.every=2",
+    "eval.report=false",
     "train.checkpoint_every=2",
     "train.keep_checkpoints=5",
 ]

@@ -20,7 +20,7 @@ def _stable(records):
 
 
 def test_run_writes_metrics_checkpoints_and_report(fast_overrides):
-    cfg = load_config(None, [*fast_overrides, "train.steps=3"])
+    cfg = load_config(None, [*fast_overrides, "train.steps=3", "eval.report=true"])
     summary = Trainer(cfg, quiet=True).run()
     run = Path(cfg.output_dir)
     records = read_metrics(run / "metrics.jsonl")

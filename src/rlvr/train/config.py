@@ -192,6 +192,7 @@ class EvalConfig(Strict):
     samples: int = Field(8, ge=1)
     pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
     temperature: float = Field(1.0, gt=0)
+    report: bool = Field(True, description="write report.md/.html and plots at the end of the run")
 
     @model_validator(mode="after")
     def _k_within_samples(self) -> "EvalConfig":

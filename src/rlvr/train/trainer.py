@@ -22,7 +22,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,12 +38,11 @@ from rlvr.tasks.base import Problem, Task, tasks
 from rlvr.train.checkpoint import rng_state, require_checkpoint, save_checkpoint, set_rng_state
 from rlvr.train.config import RunConfig, dump_config
 from rlvr.train.evaluate import evaluate_heldout
-from rlvr.train.forward import FORWARD_FIELDS, TopPSpec, policy_forward
+from rlvr.train.forward import FORWARD_FIELDS, MinPSpec, TopPSpec, policy_forward
 from rlvr.train.logging import MetricsWriter
 from rlvr.train.rewards import safe_scores
 from rlvr.train.warmstart import warm_start
 
-TOP_P_FIELDS = {"top_p_entropy", "old_top_p_entropy"}
 
 
 def seed_everything(seed: int) -> None:
@@ -127,15 +126,30 @@ class Pipeline:
             component.load_state_dict(state)
 
 
-def top_p_spec(pipeline: Pipeline) -> TopPSpec | None:
-    """Top-p entropy settings when some method reads top-p entropy (knobs ``top_p``/``top_k`` if set)."""
-    if not pipeline.requires & TOP_P_FIELDS:
-        return None
+def _spec_for(pipeline: Pipeline, fields: set[str], make: Callable[[Component], Any]) -> Any:
+    """``make(component)`` for the first method that reads one of ``fields`` (None if none does)."""
     for component in pipeline.all():
-        if component.requires & TOP_P_FIELDS:
-            fn = component.fn
-            return TopPSpec(p=getattr(fn, "top_p", 0.8), top_k=getattr(fn, "top_k", 10000))
-    return TopPSpec()
+        if component.requires & fields:
+            return make(component)
+    return None
+
+
+def _knob(component: Component, name: str, default: Any) -> Any:
+    return component.knobs.get(name, getattr(component.fn, name, default))
+
+
+def forward_options(pipeline: Pipeline) -> dict[str, Any]:
+    """Settings of the optional forward fields, taken from the knobs of the method that reads them."""
+    return {
+        "top_p": _spec_for(
+            pipeline,
+            {"top_p_entropy", "old_top_p_entropy"},
+            lambda c: TopPSpec(p=_knob(c, "top_p", 0.8), top_k=_knob(c, "top_k", 10000)),
+        ),
+        "min_p": _spec_for(
+            pipeline, {"minp_logprobs", "old_minp_logprobs"}, lambda c: MinPSpec(kappa=_knob(c, "min_p", 0.02))
+        ),
+    }
 
 
 def _percentiles(values: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -162,6 +176,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.task: Task = tasks.build(cfg.task.name, cfg.task.kwargs, "task").fn
         self.pipeline = Pipeline.from_config(cfg)
+        self.forward_options = forward_options(self.pipeline)
         self.model, self.tokenizer = build_model_and_tokenizer(cfg)
         self.engine = HFRollout(self.tokenizer, cfg.rollout.chat_template)
         self.ref_model: torch.nn.Module | None = None
@@ -304,7 +319,7 @@ class Trainer:
     def _current_fields(self) -> frozenset[str]:
         return frozenset({"logprobs"} | (self.pipeline.requires & FORWARD_FIELDS))
 
-    def _old_forward(self, batch: RolloutBatch, top_p: TopPSpec | None) -> dict[str, torch.Tensor]:
+    def _old_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """Old-policy fields (``old_<field>``) and reference log-probs of the whole batch, no grad."""
         mb = self.cfg.train.micro_batch_size
         pieces: dict[str, list[torch.Tensor]] = {}
@@ -313,7 +328,7 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, n, mb):
                 rows = batch.rows(torch.arange(start, min(start + mb, n)))
-                old = policy_forward(self.model, rows, fields=self._old_fields(), top_p=top_p, **kwargs)
+                old = policy_forward(self.model, rows, fields=self._old_fields(), **self.forward_options, **kwargs)
                 for key, value in old.items():
                     pieces.setdefault(f"old_{key}", []).append(value)
                 if self.ref_model is not None:
@@ -355,7 +370,7 @@ class Trainer:
                 parts.append(out["logprobs"])
         return torch.cat(parts)
 
-    def _update(self, ctx: AlgoContext, batch: RolloutBatch, top_p: TopPSpec | None) -> dict[str, float]:
+    def _update(self, ctx: AlgoContext, batch: RolloutBatch) -> dict[str, float]:
         """PPO epochs over mini-batches with gradient accumulation; returns averaged metrics."""
         assert self.optimizer is not None
         t = self.cfg.train
@@ -388,7 +403,7 @@ class Trainer:
                         temperature=self.cfg.rollout.temperature,
                         chunk_size=t.logprob_chunk_size,
                         fields=fields,
-                        top_p=top_p,
+                        **self.forward_options,
                     )
                     for key, value in cur.items():
                         setattr(mctx, key, value)
@@ -513,8 +528,7 @@ class Trainer:
         problems, batch, rewards, failures, sampling_stats = self._sample_and_score()
         t_gen = time.perf_counter() - t0
         correct = rewards >= 1.0
-        top_p = top_p_spec(self.pipeline)
-        old = self._old_forward(batch, top_p)
+        old = self._old_forward(batch)
         ctx = AlgoContext(
             response_mask=batch.response_mask,
             rewards=rewards,
@@ -534,10 +548,11 @@ class Trainer:
         record: dict[str, Any] = {"step": self.step + 1, **sampling_stats}
         for shaper in self.pipeline.reward_shaping:
             ctx.rewards = shaper(ctx)
+        ctx.advantages = self.pipeline.advantage(ctx)
+        record.update(getattr(self.pipeline.advantage.fn, "metrics", None) or {})
         for component in self.pipeline.all():
             record.update(component.prepare(ctx))
-        ctx.advantages = self.pipeline.advantage(ctx)
-        update_metrics = self._update(ctx, batch, top_p)
+        update_metrics = self._update(ctx, batch)
         for component in self.pipeline.controllers:
             record.update(component.fn.after_step(update_metrics) or {})
         self.step += 1
@@ -642,7 +657,7 @@ class Trainer:
         final_dir = self.run_dir / "final_model"
         self.model.save_pretrained(final_dir)
         self.tokenizer.save_pretrained(final_dir)
-        report = write_run_report(self.run_dir)
+        report = write_run_report(self.run_dir) if self.cfg.eval.report else None
         before, after = self.summary.get("before", {}), self.summary.get("after", {})
         self.console.print(f"after RL ({self.step} steps): {_fmt_eval(after)}")
         key = "eval/accuracy_greedy"
@@ -650,7 +665,7 @@ class Trainer:
             self.console.print(
                 f"[bold]held-out greedy accuracy: {before[key]:.3f} (warm start) -> {after[key]:.3f} (RL)[/]"
             )
-        self.console.print(f"run directory: {self.run_dir}  report: {report}")
+        self.console.print(f"run directory: {self.run_dir}" + (f"  report: {report}" if report else ""))
 
 
 def last_eval(metrics_path: Path) -> dict[str, float]:

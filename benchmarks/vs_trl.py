@@ -1,0 +1,229 @@
+"""rlvr vs TRL GRPOTrainer: same tiny model, task, batch shape and steps; steps/s, tokens/s, peak RSS.
+
+    .venv/bin/python benchmarks/vs_trl.py                        # defaults below
+    .venv/bin/python benchmarks/vs_trl.py --steps 10 --prompts 8 --group 8 --max-new-tokens 32
+
+Each framework runs in its own subprocess (so peak RSS is its own), from the same random tiny Qwen2
+(``rlvr.models.tiny``, same seed, no warm start) on countdown with the same sampling settings and the
+same algorithm: GRPO group advantages, PPO clip 0.2, token-mean loss (TRL ``loss_type="dapo"``),
+``beta=0``, one optimizer update per rollout, AdamW. Steps are timed from rollout to optimizer
+step: rlvr ``Trainer.train_step`` calls; TRL with a callback on ``on_step_begin``/``on_step_end``.
+The first ``--warmup`` steps are excluded from the rates. Tokens = generated completion tokens.
+
+The machine is shared, so runs alternate (rlvr, trl, rlvr, trl, ... for ``--rounds``) and each
+framework's best round (lowest mean step time) is reported, with every round's s/step listed;
+the 1-minute load average before each round is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def run_rlvr(args: argparse.Namespace) -> dict[str, Any]:
+    """rlvr Trainer API: build, then time ``train_step`` (no warm start, no eval)."""
+    from rlvr.train.config import load_config
+    from rlvr.train.trainer import Trainer
+
+    out = tempfile.mkdtemp(prefix="bench-rlvr-")
+    cfg = load_config(
+        None,
+        [
+            f"seed={args.seed}",
+            f"output_dir={out}",
+            "task.name=countdown",
+            "warmstart.steps=0",
+            f"rollout.group_size={args.group}",
+            f"rollout.prompts_per_step={args.prompts}",
+            f"rollout.max_new_tokens={args.max_new_tokens}",
+            f"train.steps={args.steps}",
+            "train.mini_batch_size=null",
+            "train.ppo_epochs=1",
+            f"train.micro_batch_size={args.prompts * args.group}",
+            f"train.lr={args.lr}",
+            "algo.advantage=grpo",
+            "algo.policy_loss=ppo_clip",
+            "algo.agg_mode=token-mean",
+        ],
+    )
+    trainer = Trainer(cfg, quiet=True)
+    trainer._make_ref()
+    trainer.optimizer = trainer._make_optimizer()
+    times, tokens, gen = [], [], []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        record = trainer.train_step()
+        times.append(time.perf_counter() - t0)
+        tokens.append(record["response_length/mean"] * args.prompts * args.group)
+        gen.append(record["time/generate_s"])
+    return {"times": times, "tokens": tokens, "generate_s": gen, "peak_rss_gb": _peak_rss_gb()}
+
+
+def run_trl(args: argparse.Namespace) -> dict[str, Any]:
+    """TRL GRPOTrainer on the same model/task; steps timed by a callback, generation by a wrapper."""
+    import datasets
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlvr.models.tiny import char_tokenizer, tiny_qwen2
+    from rlvr.tasks.countdown import CountdownTask, countdown_problem
+    from rlvr.train.config import TinyModelConfig
+
+    task = CountdownTask()
+    problems = task.train_problems(args.prompts * (args.steps + 2), random.Random(args.seed))
+    data = datasets.Dataset.from_dict(
+        {
+            "prompt": [p.prompt for p in problems],
+            "numbers": [p.meta["numbers"] for p in problems],
+            "target": [p.meta["target"] for p in problems],
+        }
+    )
+
+    def countdown_reward(completions: list[str], numbers: list[list[int]], target: list[int], **_: Any) -> list[float]:
+        return [task.score(countdown_problem(n, t), c) for c, n, t in zip(completions, numbers, target)]
+
+    tok = char_tokenizer()
+    t = TinyModelConfig()
+    model = tiny_qwen2(
+        tok, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
+        num_kv_heads=t.num_kv_heads, intermediate_size=t.intermediate_size, seed=args.seed,
+    )  # fmt: skip
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
+        per_device_train_batch_size=args.prompts * args.group,
+        num_generations=args.group,
+        max_completion_length=args.max_new_tokens,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        adam_beta2=0.99,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        loss_type="dapo",
+        epsilon=0.2,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=args.seed,
+        disable_tqdm=True,
+    )
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._t0 = 0.0
+
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            self.times.append(time.perf_counter() - self._t0)
+
+    timer = StepTimer()
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[countdown_reward], args=config, train_dataset=data,
+        processing_class=tok, callbacks=[timer],
+    )  # fmt: skip
+    gen_times: list[float] = []
+    original = trainer._generate
+
+    def timed_generate(*a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        result = original(*a, **k)
+        gen_times.append(time.perf_counter() - t0)
+        return result
+
+    trainer._generate = timed_generate  # type: ignore[method-assign]
+    trainer.train()
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    return {
+        "times": timer.times,
+        "tokens": [m * args.prompts * args.group for m in lengths],
+        "generate_s": gen_times,
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+def summarise(result: dict[str, Any], warmup: int) -> dict[str, float]:
+    times, tokens, gen = result["times"][warmup:], result["tokens"][warmup:], result["generate_s"][warmup:]
+    total = sum(times)
+    return {
+        "steps": len(times),
+        "s_per_step": statistics.mean(times),
+        "steps_per_s": len(times) / total,
+        "tokens_per_s": sum(tokens) / total,
+        "mean_completion_len": statistics.mean(tokens) / result["batch"],
+        "generate_frac": sum(gen) / total if gen else float("nan"),
+        "peak_rss_gb": result["peak_rss_gb"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", choices=["rlvr", "trl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        result = run_rlvr(args) if args.only == "rlvr" else run_trl(args)
+        print("RESULT " + json.dumps(result))
+        return
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rounds: dict[str, list[dict[str, float]]] = {"rlvr": [], "trl": []}
+    for _ in range(args.rounds):
+        for name in ("rlvr", "trl"):
+            load = os.getloadavg()[0]
+            proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", name], capture_output=True, text=True, env=env)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            result = json.loads(line[len("RESULT "):])
+            result["batch"] = args.prompts * args.group
+            summary = summarise(result, args.warmup)
+            rounds[name].append(summary)
+            print(f"round: {name:<5} load {load:4.1f}  {summary['s_per_step']:.3f} s/step", flush=True)
+    summaries = {name: min(rs, key=lambda r: r["s_per_step"]) for name, rs in rounds.items()}
+    print(f"tiny Qwen2, countdown, {args.prompts} prompts x {args.group} = {args.prompts * args.group} completions/step, "
+          f"max {args.max_new_tokens} new tokens, {args.steps} steps ({args.warmup} warm-up excluded), {args.threads} threads")
+    keys = ["s_per_step", "steps_per_s", "tokens_per_s", "mean_completion_len", "generate_frac", "peak_rss_gb"]
+    print(f"{'metric':<22}{'rlvr':>12}{'trl':>12}{'rlvr/trl':>12}")
+    for key in keys:
+        a, b = summaries["rlvr"][key], summaries["trl"][key]
+        print(f"{key:<22}{a:>12.3f}{b:>12.3f}{a / b if b else float('nan'):>12.2f}")
+    print("all rounds s/step: " + ", ".join(f"{n} {[round(r['s_per_step'], 3) for r in rs]}" for n, rs in rounds.items()))
+    print("JSON " + json.dumps(summaries))
+
+
+if __name__ == "__main__":
+    main()
