@@ -212,10 +212,9 @@ class Siren:
         old = _field(ctx, self.old_field, self._who())
         with torch.no_grad():
             h_old, sel = selected_entropy(old, ctx.response_mask, self.quantile)
-        metrics = {
-            f"{self.prefix}/old_selected_entropy": float(h_old),
-            f"{self.prefix}/old_frac_selected": _fraction(sel, ctx.response_mask),
-        }
+        metrics = {f"{self.prefix}/old_frac_selected": _fraction(sel, ctx.response_mask)}
+        if float(sel.sum()) > 0:  # with no selected token the mean is undefined, not 0
+            metrics[f"{self.prefix}/old_selected_entropy"] = float(h_old)
         if self.use_anchor:
             if self.anchor is None and float(sel.sum()) > 0:
                 self.anchor = float(h_old)
@@ -234,10 +233,9 @@ class Siren:
         current = _field(ctx, self.current_field, self._who())
         h_sel, sel = selected_entropy(current, ctx.response_mask, self.quantile)
         f = float(ctx.micro_batch_fraction)
-        metrics = {
-            f"{self.prefix}/selected_entropy": float(h_sel.detach()),
-            f"{self.prefix}/frac_selected": _fraction(sel, ctx.response_mask),
-        }
+        metrics = {f"{self.prefix}/frac_selected": _fraction(sel, ctx.response_mask)}
+        if float(sel.sum()) > 0:  # with no selected token the mean is undefined, not 0
+            metrics[f"{self.prefix}/selected_entropy"] = float(h_sel.detach())
         if self.use_anchor:
             if self.anchor is None:
                 if not self._prepared:
