@@ -135,3 +135,22 @@ def test_bad_lora_settings(tok):
         apply_lora(_model(tok), r=4, target_modules=["q_proj", "lm_head"])
     with pytest.raises(ConfigError, match="target_modules"):
         apply_lora(_model(tok), r=4, target_modules=["no_such_module"])
+
+
+def test_checkpoint_state_with_and_without_base(tok, batch):
+    from rlvr.models.lora import lora_checkpoint_state, load_lora_checkpoint_state
+
+    base = _model(tok)
+    with torch.no_grad():  # stands in for a full-weight warm start before LoRA
+        base.model.embed_tokens.weight.mul_(1.5)
+    model = apply_lora(base, r=4, alpha=8)
+    _perturb_adapters(model)
+    expected = _fwd(model, batch)
+    small = lora_checkpoint_state(model, include_base=False)
+    assert small["base"] is None and all("lora_" in k for k in small["adapter"])
+    full = lora_checkpoint_state(model, include_base=True)
+    fresh = apply_lora(_model(tok), r=4, alpha=8)
+    load_lora_checkpoint_state(fresh, full)
+    assert torch.allclose(_fwd(fresh, batch), expected, atol=1e-6)
+    with torch.no_grad(), adapter_disabled(fresh), adapter_disabled(model):
+        assert torch.allclose(_fwd(fresh, batch), _fwd(model, batch), atol=1e-6)

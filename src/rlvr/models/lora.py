@@ -160,6 +160,31 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
         )
 
 
+def lora_checkpoint_state(model: nn.Module, *, include_base: bool) -> dict[str, Any]:
+    """Checkpoint payload of a LoRA policy: the adapter, plus the frozen base weights if ``include_base``.
+
+    The base only needs saving when it differs from what ``model.path`` reloads, i.e. after a
+    full-weight warm start; otherwise a checkpoint holds just the (small) adapter.
+    """
+    base = None
+    if include_base:
+        base = {k: v.detach().to("cpu").clone() for k, v in model.get_base_model().state_dict().items() if "lora_" not in k}
+    return {"kind": "lora", "adapter": adapter_state_dict(model), "base": base}
+
+
+def load_lora_checkpoint_state(model: nn.Module, state: dict[str, Any]) -> None:
+    """Restore :func:`lora_checkpoint_state` into a PeftModel built with the same LoRA config."""
+    if state.get("base") is not None:
+        result = model.get_base_model().load_state_dict(state["base"], strict=False)
+        missing = [k for k in result.missing_keys if "lora_" not in k]
+        if result.unexpected_keys or missing:
+            raise ConfigError(
+                f"LoRA checkpoint base weights do not match the model (missing {missing[:3]}, "
+                f"unexpected {list(result.unexpected_keys)[:3]}); resume with the same model and model.lora"
+            )
+    load_adapter_state_dict(model, state["adapter"])
+
+
 def merged_named_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """``(name, tensor)`` of the merged policy under the base model's own parameter names.
 
