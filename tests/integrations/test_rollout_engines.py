@@ -129,17 +129,33 @@ def test_vllm_weight_sync_pushes_merged_weights(tok, tmp_path):
     reference = dict(model.merge_and_unload().named_parameters())
     assert set(merged) == set(reference)
     assert all(torch.allclose(merged[k], reference[k], atol=1e-6) for k in reference)
+    reloaded: list = []  # newer vLLM: the wrapped worker's in-place reload_weights is preferred
+    worker = SimpleNamespace(reload_weights=lambda weights_iterator, is_checkpoint_format: reloaded.extend(weights_iterator))
+    fake.llm_engine.model_executor.driver_worker = SimpleNamespace(worker=worker)
+    engine.sync_weights(plain)
+    assert [n for n, _ in reloaded] == [n for n, _ in plain.named_parameters()]
 
 
 @pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed (optional extra: pip install 'rlvr[vllm]')")
 def test_real_vllm_greedy_matches_hf_after_sync(tok, tmp_path):
-    model = _model(tok)
-    model.save_pretrained(tmp_path)
+    def model(seed):  # head_dim 64 (vLLM's CPU attention rejects 16); scaled so greedy has no near-ties
+        m = tiny_qwen2(tok, hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=256, seed=seed)
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.dim() > 1:
+                    p.mul_(8.0)
+        return m
+
+    prompts = ["12+3=", "7*8="]
+    hf = HFRollout(tok, "off")
+    first, updated = model(0), model(1)  # tied embeddings, like the built-in tiny model
+    first.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     engine = build_engine("vllm", tok, chat_template="off", model_path=tmp_path, dtype="float32", max_model_len=64)
-    updated = _model(tok, seed=1)  # different weights: only a working sync makes the outputs match
-    engine.sync_weights(updated)
-    prompts = ["12+3=", "7*8="]
-    got = engine.generate(updated, prompts, n=1, max_new_tokens=8, greedy=True)
-    want = HFRollout(tok, "off").generate(updated, prompts, n=1, max_new_tokens=8, greedy=True)
-    assert got.responses == want.responses
+    greedy = lambda e, m: e.generate(m, prompts, n=1, max_new_tokens=8, greedy=True).responses  # noqa: E731
+    assert greedy(engine, first) == greedy(hf, first)
+    assert greedy(hf, updated) != greedy(hf, first)
+    engine.sync_weights(updated)  # only a working sync (incl. the tied LM head) makes the outputs match
+    assert greedy(engine, updated) == greedy(hf, updated)
+    sampled = engine.generate(updated, prompts, n=3, max_new_tokens=8)
+    assert sampled.input_ids.shape[0] == 6 and sampled.group_ids.tolist() == [0, 0, 0, 1, 1, 1]

