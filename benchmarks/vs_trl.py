@@ -94,7 +94,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     def countdown_reward(completions: list[str], numbers: list[list[int]], target: list[int], **_: Any) -> list[float]:
-        return [task.score(countdown_problem(n, t), c) for c, n, t in zip(completions, numbers, target)]
+        return [task.score(countdown_problem(n, t), c) for c, n, t in zip(completions, numbers, target, strict=True)]
 
     tok = char_tokenizer()
     t = TinyModelConfig()

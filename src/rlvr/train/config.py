@@ -49,11 +49,25 @@ class TinyModelConfig(Strict):
         return self
 
 
+class LoraConfig(Strict):
+    """LoRA adapters (PEFT) for the RL phase; ``r`` null or 0 = off (full fine-tuning).
+
+    The warm start still trains the full weights; the reference policy is the adapter-disabled model.
+    """
+
+    r: int | None = Field(None, ge=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    merge_on_save: bool = Field(True, description="final_model: merged weights (+ adapter/); false = adapter only")
+
+
 class ModelConfig(Strict):
     """Policy model: a local Hugging Face directory, or the tiny built-in model when ``path`` is null."""
 
     path: str | None = None
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False
 
@@ -93,7 +107,10 @@ class WarmStartConfig(Strict):
 class RolloutConfig(Strict):
     """Generation of ``group_size`` responses for each of ``prompts_per_step`` prompts."""
 
-    backend: Literal["hf"] = "hf"
+    backend: Literal["hf", "vllm"] = "hf"
+    vllm: dict[str, Any] = Field(
+        default_factory=dict, description="rlvr.rollout.vllm.VLLMRollout options: dtype, max_model_len, gpu_memory_utilization, ..."
+    )
     group_size: int = Field(8, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     max_new_tokens: int = Field(16, ge=1)

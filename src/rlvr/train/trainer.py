@@ -33,7 +33,17 @@ from rlvr.algos import REGISTRIES, AlgoContext, Component
 from rlvr.errors import RLVRError
 from rlvr.algos.dynamic_sampling import keep_informative_groups
 from rlvr.rollout.base import RolloutBatch, concat_batches
-from rlvr.rollout.hf import HFRollout, format_prompts
+from rlvr.models.lora import (
+    apply_lora,
+    is_peft_model,
+    load_lora_checkpoint_state,
+    lora_checkpoint_state,
+    lora_enabled,
+    reference_forward,
+    save_lora_model,
+)
+from rlvr.rollout.engines import build_engine
+from rlvr.rollout.hf import format_prompts
 from rlvr.tasks.base import Problem, Task, tasks
 from rlvr.train.checkpoint import rng_state, require_checkpoint, save_checkpoint, set_rng_state
 from rlvr.train.config import RunConfig, dump_config
@@ -178,7 +188,15 @@ class Trainer:
         self.pipeline = Pipeline.from_config(cfg)
         self.forward_options = forward_options(self.pipeline)
         self.model, self.tokenizer = build_model_and_tokenizer(cfg)
-        self.engine = HFRollout(self.tokenizer, cfg.rollout.chat_template)
+        r = cfg.rollout
+        self.engine = build_engine(
+            r.backend,
+            self.tokenizer,
+            chat_template=r.chat_template,
+            model_path=cfg.model.path,
+            model=self.model,
+            **(r.vllm if r.backend == "vllm" else {}),
+        )
         self.ref_model: torch.nn.Module | None = None
         self.data_rng = random.Random(cfg.seed)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -207,8 +225,16 @@ class Trainer:
     def _needs_ref(self) -> bool:
         return "ref_logprobs" in self.pipeline.requires
 
+    def _apply_lora(self) -> None:
+        """Wrap the (warm-started) model in LoRA adapters when ``model.lora.r`` is set."""
+        lora = self.cfg.model.lora
+        if lora_enabled(lora.r) and not is_peft_model(self.model):
+            self.model = apply_lora(
+                self.model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules
+            )
+
     def _make_ref(self) -> None:
-        if self._needs_ref():
+        if self._needs_ref() and not is_peft_model(self.model):  # LoRA: the reference is the adapter-disabled model
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
@@ -216,7 +242,11 @@ class Trainer:
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "model": self.model.state_dict(),
+            "model": (
+                lora_checkpoint_state(self.model, include_base=self._warmstart_steps() > 0)
+                if is_peft_model(self.model)
+                else self.model.state_dict()
+            ),
             "ref_model": self.ref_model.state_dict() if self.ref_model is not None else None,
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "pipeline": self.pipeline.state_dict(),
@@ -230,7 +260,10 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        if is_peft_model(self.model):
+            load_lora_checkpoint_state(self.model, state["model"])
+        else:
+            self.model.load_state_dict(state["model"])
         if state.get("ref_model") is not None:
             self._make_ref()
             assert self.ref_model is not None
@@ -333,6 +366,9 @@ class Trainer:
                     pieces.setdefault(f"old_{key}", []).append(value)
                 if self.ref_model is not None:
                     ref = policy_forward(self.ref_model, rows, **kwargs)
+                    pieces.setdefault("ref_logprobs", []).append(ref["logprobs"])
+                elif self._needs_ref() and is_peft_model(self.model):
+                    ref = reference_forward(self.model, rows, **kwargs)
                     pieces.setdefault("ref_logprobs", []).append(ref["logprobs"])
         return {key: torch.cat(parts, dim=0) for key, parts in pieces.items()}
 
@@ -553,6 +589,7 @@ class Trainer:
         for component in self.pipeline.all():
             record.update(component.prepare(ctx))
         update_metrics = self._update(ctx, batch)
+        self.engine.sync_weights(self.model)  # no-op for the HF engine; vLLM reloads the new weights
         for component in self.pipeline.controllers:
             record.update(component.fn.after_step(update_metrics) or {})
         self.step += 1
@@ -604,15 +641,19 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         if resume:
             path, state = require_checkpoint(self.ckpt_root)
+            self._apply_lora()
             self._restore(state)
+            self.engine.sync_weights(self.model)
             self.metrics.truncate_after_step(self.step)
             self.console.print(f"[bold]resumed[/] from {path} at step {self.step}")
         else:
             if self.metrics.path.exists():
                 self.metrics.path.unlink()
             self._warm_start()
+            self._apply_lora()
             self._make_ref()
             self.optimizer = self._make_optimizer()
+            self.engine.sync_weights(self.model)
             before = self.evaluate()
             self.summary["before"] = before
             self.metrics.write({"step": 0, **before})
@@ -655,8 +696,11 @@ class Trainer:
         from rlvr.eval.report import write_run_report
 
         final_dir = self.run_dir / "final_model"
-        self.model.save_pretrained(final_dir)
-        self.tokenizer.save_pretrained(final_dir)
+        if is_peft_model(self.model):
+            save_lora_model(self.model, self.tokenizer, final_dir, merge=self.cfg.model.lora.merge_on_save)
+        else:
+            self.model.save_pretrained(final_dir)
+            self.tokenizer.save_pretrained(final_dir)
         report = write_run_report(self.run_dir) if self.cfg.eval.report else None
         before, after = self.summary.get("before", {}), self.summary.get("after", {})
         self.console.print(f"after RL ({self.step} steps): {_fmt_eval(after)}")
