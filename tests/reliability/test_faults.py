@@ -135,7 +135,15 @@ def _cli(args: list[str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
-    base = [*FAST, "train.steps=6", "train.checkpoint_every=1", "eval.every=3", "algo.regularizers=[siren]"]
+    base = [
+        *FAST,
+        "train.steps=6",
+        "train.checkpoint_every=1",
+        "eval.every=3",
+        "algo.regularizers=[siren, entropy_bonus]",
+        "algo.controllers=[{name: entropy_pid, target: 0.5}]",
+        "algo.reward_shaping=[hapo]",
+    ]
     straight = _cli([*base, f"output_dir={tmp_path / 'a'}"])
     assert straight.wait(timeout=300) == 0
 
@@ -156,5 +164,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert a == b
     sa = torch.load(tmp_path / "a/checkpoints/step_000006/state.pt", weights_only=False)
     sb = torch.load(tmp_path / "b/checkpoints/step_000006/state.pt", weights_only=False)
-    assert sa["pipeline"] == sb["pipeline"]  # SIREN anchor and every other method state
+    assert sa["pipeline"] == sb["pipeline"]  # SIREN anchor, HAPO history, PID state, ...
+    names = ["advantage", "policy_loss", "hapo", "siren", "entropy_bonus", "entropy_pid"]
+    states = dict(zip(names, sa["pipeline"]))
+    assert states["siren"]["anchor"] is not None and states["entropy_pid"]["prev_error"] is not None
+    assert "history" in states["hapo"]
     assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])

@@ -22,6 +22,7 @@ SLOT = {
 }
 EXTRA = {
     "drpo": ["train.shuffle=groups", "train.micro_batch_size=16"],
+    "entropy_pid": ["algo.controllers=[{name: entropy_pid, target: 0.5}]", "algo.regularizers=[entropy_bonus]"],
 }
 
 
