@@ -104,6 +104,19 @@ class WarmStartConfig(Strict):
     lr: float = Field(3e-3, gt=0)
 
 
+class AEPOConfig(Strict):
+    """AEPO (arXiv 2510.08141): temperature-adjusted positive samples steer entropy to ``target``."""
+
+    enabled: bool = False
+    target: float = Field(0.5, ge=0, description="entropy target H* (nats)")
+    temperature_high: float = Field(1.2, gt=0)
+    temperature_low: float = Field(0.8, gt=0)
+    prompt_fraction: float = Field(0.25, gt=0, le=1)
+    group_size: int = Field(5, ge=2)
+    max_samples: int = Field(60, ge=1)
+    adv_threshold: float = 0.05
+
+
 class RolloutConfig(Strict):
     """Generation of ``group_size`` responses for each of ``prompts_per_step`` prompts."""
 
@@ -121,6 +134,7 @@ class RolloutConfig(Strict):
     chat_template: Literal["auto", "on", "off"] = "auto"
     dynamic_sampling: bool = Field(False, description="DAPO: keep only groups with varying scores, refill")
     max_sampling_rounds: int = Field(10, ge=1, description="generation rounds per step with dynamic_sampling")
+    aepo: AEPOConfig = Field(default_factory=AEPOConfig)
 
 
 class MethodConfig(Strict):

@@ -45,6 +45,9 @@ from rlvr.models.lora import (
 from rlvr.rollout.engines import build_engine
 from rlvr.rollout.hf import format_prompts
 from rlvr.tasks.base import Problem, Task, tasks
+from rlvr.algos.aggregation import masked_mean
+from rlvr.train.aepo import mix as aepo_mix
+from rlvr.train.aepo import sub_prompt_count
 from rlvr.train.checkpoint import rng_state, require_checkpoint, save_checkpoint, set_rng_state
 from rlvr.train.config import RunConfig, dump_config
 from rlvr.train.evaluate import evaluate_heldout
@@ -205,6 +208,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.skipped_data: Counter[str] = Counter()
+        self.aepo_entropy = 0.0
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         self.summary: dict[str, Any] = {}
 
@@ -255,6 +259,7 @@ class Trainer:
             "shuffle_gen": self.shuffle_gen.get_state(),
             "bad_steps": self.bad_steps,
             "skipped_data": dict(self.skipped_data),
+            "aepo_entropy": self.aepo_entropy,
             "summary": self.summary,
             "config": self.cfg.model_dump(mode="json"),
         }
@@ -277,6 +282,7 @@ class Trainer:
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.bad_steps = state.get("bad_steps", 0)
         self.skipped_data = Counter(state.get("skipped_data", {}))
+        self.aepo_entropy = float(state.get("aepo_entropy", 0.0))
         self.summary = state.get("summary", {})
         self.step = int(state["step"])
 
@@ -557,19 +563,19 @@ class Trainer:
         rows = (batch.group_ids < r.prompts_per_step).nonzero().squeeze(-1)
         return [problems[i] for i in rows.tolist()], batch.rows(rows), rewards[rows], failures, stats
 
-    def train_step(self) -> dict[str, Any]:
-        """One full RL step; returns its metrics record."""
+    def _make_ctx(
+        self, problems: list[Problem], batch: RolloutBatch, rewards: torch.Tensor, correct: torch.Tensor | None = None
+    ) -> AlgoContext:
+        """The context of a scored rollout batch, with old/reference forward fields filled.
+
+        ``correct`` defaults to ``rewards >= 1`` (rewards are then the verifier scores).
+        """
         cfg = self.cfg
-        t0 = time.perf_counter()
-        problems, batch, rewards, failures, sampling_stats = self._sample_and_score()
-        t_gen = time.perf_counter() - t0
-        correct = rewards >= 1.0
-        old = self._old_forward(batch)
         ctx = AlgoContext(
             response_mask=batch.response_mask,
             rewards=rewards,
             group_ids=batch.group_ids,
-            correct=correct,
+            correct=rewards >= 1.0 if correct is None else correct,
             truncated=batch.truncated,
             prompt_ids=[p.id for p in problems],
             step=self.step,
@@ -577,15 +583,74 @@ class Trainer:
             agg_mode=cfg.algo.agg_mode,
             generator=self.shuffle_gen,
             extras={"responses": batch.responses, "problems": problems, "row_index": torch.arange(len(problems))},
-            **old,
+            **self._old_forward(batch),
         )
         if "answer_only_logprobs" in self.pipeline.requires:
             ctx.extras["answer_only_logprobs"] = self._answer_only_logprobs(batch)
+        return ctx
+
+    def _aepo(
+        self, ctx: AlgoContext, batch: RolloutBatch, problems: list[Problem]
+    ) -> tuple[AlgoContext, RolloutBatch, dict[str, float]]:
+        """AEPO's temperature-adjusted positive samples replace the first rows (see rlvr.train.aepo)."""
+        a, r = self.cfg.rollout.aepo, self.cfg.rollout
+        entropy = self.aepo_entropy
+        temperature = a.temperature_high if entropy <= a.target else a.temperature_low
+        assert ctx.old_entropy is not None and ctx.rewards is not None and ctx.advantages is not None
+        self.aepo_entropy = float(masked_mean(ctx.old_entropy, ctx.response_mask))
+        firsts = sorted({int(g): i for i, g in reversed(list(enumerate(batch.group_ids.tolist())))}.values())
+        sub = [problems[i] for i in firsts][: sub_prompt_count(len(firsts), a.prompt_fraction)]
+        extra = self.engine.generate(
+            self.model,
+            [p.prompt for p in sub],
+            n=a.group_size,
+            max_new_tokens=r.max_new_tokens,
+            temperature=temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+        )
+        extra_problems = [p for p in sub for _ in range(a.group_size)]
+        scores, _ = safe_scores(self.task.score, extra_problems, extra.responses, self.cfg.train.reward_timeout_s)
+        mixed = aepo_mix(
+            batch,
+            problems,
+            ctx.rewards,
+            ctx.correct,
+            ctx.advantages,
+            extra,
+            extra_problems,
+            torch.tensor(scores, dtype=torch.float32),
+            entropy=entropy,
+            target=a.target,
+            max_samples=a.max_samples,
+            adv_threshold=a.adv_threshold,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        stats = {**mixed.stats, "aepo/temperature": temperature, "aepo/entropy": entropy}
+        if mixed.batch is batch:
+            return ctx, batch, stats
+        new_ctx = self._make_ctx(mixed.problems, mixed.batch, mixed.rewards, mixed.correct)
+        new_ctx.advantages = mixed.advantages
+        return new_ctx, mixed.batch, stats
+
+    def train_step(self) -> dict[str, Any]:
+        """One full RL step; returns its metrics record."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        problems, batch, rewards, failures, sampling_stats = self._sample_and_score()
+        t_gen = time.perf_counter() - t0
+        ctx = self._make_ctx(problems, batch, rewards)
+        base_reward_mean = float(rewards.mean())
         record: dict[str, Any] = {"step": self.step + 1, **sampling_stats}
         for shaper in self.pipeline.reward_shaping:
             ctx.rewards = shaper(ctx)
         ctx.advantages = self.pipeline.advantage(ctx)
         record.update(getattr(self.pipeline.advantage.fn, "metrics", None) or {})
+        if cfg.rollout.aepo.enabled:
+            ctx, batch, aepo_stats = self._aepo(ctx, batch, problems)
+            record.update(aepo_stats)
+        correct = ctx.correct
+        assert correct is not None
         for component in self.pipeline.all():
             record.update(component.prepare(ctx))
         update_metrics = self._update(ctx, batch)
@@ -600,7 +665,7 @@ class Trainer:
             {
                 "reward/mean": float(ctx.rewards.mean()),
                 "reward/std": float(ctx.rewards.std()) if ctx.rewards.numel() > 1 else 0.0,
-                "reward/base_mean": float(rewards.mean()),
+                "reward/base_mean": base_reward_mean,
                 "accuracy": float(correct.float().mean()),
                 "accuracy_per_1k_tokens": 1000.0 * float(correct.sum()) / max(1, batch.num_response_tokens),
                 "reward/failures": sum(failures.values()),
@@ -609,7 +674,7 @@ class Trainer:
                 "response_length/max": float(lengths.max()),
                 "response_length/truncated_frac": float(batch.truncated.float().mean()),
                 **{f"data/skipped_{k}": v for k, v in self.skipped_data.items()},
-                **_percentiles(old["old_entropy"][mask], "entropy"),
+                **_percentiles(ctx.old_entropy[mask], "entropy"),
                 **update_metrics,
                 "train/lr": self._lr_at(self.step - 1),
                 "time/step_s": elapsed,
@@ -617,11 +682,11 @@ class Trainer:
                 "throughput/tokens_per_s": batch.num_response_tokens / max(elapsed, 1e-9),
             }
         )
-        if "ref_logprobs" in old:
-            diff = old["old_logprobs"] - old["ref_logprobs"]
+        if ctx.ref_logprobs is not None:
+            diff = ctx.old_logprobs - ctx.ref_logprobs
             record["kl/k1_mean"] = float(diff[mask].mean())
-        if "old_top_p_entropy" in old:
-            record.update(_percentiles(old["old_top_p_entropy"][mask], "top_p_entropy"))
+        if ctx.old_top_p_entropy is not None:
+            record.update(_percentiles(ctx.old_top_p_entropy[mask], "top_p_entropy"))
         if update_metrics.get("train/skipped_updates", 0) and not update_metrics.get("train/updates", 0):
             self.bad_steps += 1
             warnings.warn(f"step {self.step}: non-finite loss or gradient, update skipped ({self.bad_steps} in a row)")
