@@ -7,16 +7,14 @@ import random
 import pytest
 
 from rlvr.errors import ConfigError
-from rlvr.tasks.base import Task
+from rlvr.tasks.base import Task, is_heldout, stable_hash
 from rlvr.tasks.countdown import (
     CountdownTask,
     count_solutions,
     countdown_problem,
-    is_heldout,
     parse_expression,
     render,
     solutions,
-    stable_hash,
 )
 
 

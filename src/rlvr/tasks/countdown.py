@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Union
 
 from rlvr.errors import ConfigError
-from rlvr.tasks.base import Problem, draw_heldout, draw_train, is_heldout, stable_hash, tasks  # noqa: F401
+from rlvr.tasks.base import Problem, draw_heldout, draw_train, tasks
 
 # --------------------------------------------------------------------------------------------------
 # Expression trees

@@ -15,7 +15,6 @@ One step:
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 import warnings
