@@ -1,6 +1,4 @@
 """LoRA in the native Trainer: adapter-disabled reference, adapter checkpoints, exact resume, merged export.
-
-Skipped until the trainer/config changes that add ``model.lora`` are in (see docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -13,28 +11,10 @@ import torch
 
 pytest.importorskip("peft")
 
-from rlvr.train.config import ModelConfig, load_config  # noqa: E402
+from rlvr.train.config import load_config  # noqa: E402
 
-pytestmark = pytest.mark.skipif("lora" not in ModelConfig.model_fields, reason="model.lora is not in the config yet")
-
-FAST = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=1",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
-    "model.tiny.intermediate_size=64",
-    "warmstart.steps=10",
-    "warmstart.batch_size=16",
-    "rollout.prompts_per_step=4",
-    "rollout.group_size=4",
-    "rollout.max_new_tokens=8",
+LORA = [
     "eval.num_problems=4",
-    "eval.samples=2",
-    "eval.pass_k=[1,2]",
-    "eval.every=2",
-    "eval.report=false",
-    "train.checkpoint_every=2",
-    "train.keep_checkpoints=5",
     "train.steps=4",
     "train.lr=1e-2",
     "model.lora.r=4",
@@ -46,13 +26,13 @@ def _records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_lora_run_resume_and_export(tmp_path):
+def test_lora_run_resume_and_export(tmp_path, fast):
     from rlvr.models.loading import load_model_and_tokenizer
     from rlvr.models.lora import is_peft_model
     from rlvr.train.trainer import Trainer
 
     run = tmp_path / "run"
-    trainer = Trainer(load_config(None, [*FAST, f"output_dir={run}"]), quiet=True)
+    trainer = Trainer(load_config(None, [*fast, *LORA, f"output_dir={run}"]), quiet=True)
     trainer.run()
     assert is_peft_model(trainer.model) and trainer.ref_model is None  # no second model copy
     steps = [r for r in _records(run) if "reward/mean" in r]
@@ -69,6 +49,6 @@ def test_lora_run_resume_and_export(tmp_path):
     shutil.copytree(run, resumed)
     for ckpt in sorted((resumed / "checkpoints").glob("step_*"))[1:]:
         shutil.rmtree(ckpt)  # keep step 2 only
-    Trainer(load_config(None, [*FAST, f"output_dir={resumed}"]), quiet=True).run(resume=True)
+    Trainer(load_config(None, [*fast, *LORA, f"output_dir={resumed}"]), quiet=True).run(resume=True)
     a, b = _records(run)[-1], _records(resumed)[-1]
     assert a["reward/mean"] == b["reward/mean"] and a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-7)

@@ -22,8 +22,6 @@ from rlvr.train.config import load_config
 from rlvr.train.logging import read_metrics
 from rlvr.train.trainer import Trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from conftest import FAST  # noqa: E402
 
 
 @policy_loss.register("test_nan_on_steps", requires=("logprobs", "advantages"), override=True)
@@ -60,12 +58,13 @@ class FlakyTask(CountdownTask):
         return super().score(problem, response)
 
 
-def _overrides(tmp_path, *extra):
-    return [*FAST, f"output_dir={tmp_path / 'run'}", *extra]
+@pytest.fixture
+def overrides(fast_overrides):
+    return lambda *extra: [*fast_overrides, *extra]
 
 
-def test_nan_loss_skips_the_update_and_training_continues(tmp_path):
-    cfg = load_config(None, _overrides(tmp_path, "train.steps=3", "algo.policy_loss=test_nan_on_steps"))
+def test_nan_loss_skips_the_update_and_training_continues(overrides):
+    cfg = load_config(None, overrides("train.steps=3", "algo.policy_loss=test_nan_on_steps"))
     trainer = Trainer(cfg, quiet=True)
     params_before_step2 = {}
 
@@ -87,11 +86,10 @@ def test_nan_loss_skips_the_update_and_training_continues(tmp_path):
     assert all(torch.equal(state[k], params_before_step2[k]) for k in state)
 
 
-def test_consecutive_nan_steps_stop_with_a_clear_error_and_keep_checkpoints(tmp_path):
+def test_consecutive_nan_steps_stop_with_a_clear_error_and_keep_checkpoints(overrides):
     cfg = load_config(
         None,
-        _overrides(
-            tmp_path,
+        overrides(
             "train.steps=8",
             "algo.policy_loss=test_nan_on_steps",
             "algo.policy_loss.steps=[2,3,4,5,6]",
@@ -104,8 +102,8 @@ def test_consecutive_nan_steps_stop_with_a_clear_error_and_keep_checkpoints(tmp_
     assert load_latest_checkpoint(Path(cfg.output_dir) / "checkpoints")[1]["step"] == 4
 
 
-def test_crashing_scorer_and_bad_problems_are_counted_not_fatal(tmp_path):
-    cfg = load_config(None, _overrides(tmp_path, "train.steps=3", "task=test_flaky", "rollout.max_prompt_tokens=64"))
+def test_crashing_scorer_and_bad_problems_are_counted_not_fatal(overrides):
+    cfg = load_config(None, overrides("train.steps=3", "task=test_flaky", "rollout.max_prompt_tokens=64"))
     with pytest.warns(UserWarning, match="skipping training problem"):
         Trainer(cfg, quiet=True).run()
     records = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
@@ -117,8 +115,8 @@ def test_crashing_scorer_and_bad_problems_are_counted_not_fatal(tmp_path):
     assert last.get("data/skipped_empty_prompt", 0) > 0 and last.get("data/skipped_long_prompt", 0) > 0
 
 
-def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    cfg = load_config(None, _overrides(tmp_path, "train.steps=4"))
+def test_truncated_checkpoint_falls_back_to_the_previous_one(overrides):
+    cfg = load_config(None, overrides("train.steps=4"))
     Trainer(cfg, quiet=True).run()
     root = Path(cfg.output_dir) / "checkpoints"
     newest = root / "step_000004" / "state.pt"
@@ -134,9 +132,9 @@ def _cli(args: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, fast):
     base = [
-        *FAST,
+        *fast,
         "train.steps=6",
         "train.checkpoint_every=1",
         "eval.every=3",

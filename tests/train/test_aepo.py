@@ -62,8 +62,6 @@ def test_mix_replaces_first_rows_and_halves_k_above_target():
 
 
 def test_aepo_runs_in_the_trainer(fast_overrides):
-    import tests.train.test_sampling  # noqa: F401  registers the test_parity task
-
     cfg = load_config(
         None,
         [

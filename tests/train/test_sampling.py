@@ -5,20 +5,8 @@ from __future__ import annotations
 import torch
 
 from rlvr.algos import AlgoContext
-from rlvr.tasks.base import Problem, tasks
-from rlvr.tasks.countdown import CountdownTask
 from rlvr.train.config import load_config
 from rlvr.train.trainer import Trainer
-
-
-@tasks.register("test_parity", override=True)
-class ParityTask(CountdownTask):
-    """Scores a response 1 when its length is even: a random-looking but informative signal."""
-
-    name = "test_parity"
-
-    def score(self, problem: Problem, response: str) -> float:
-        return float(len(response) % 2 == 0)
 
 
 def test_dynamic_sampling_keeps_exactly_the_informative_groups(fast_overrides):

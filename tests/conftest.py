@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from rlvr.tasks.base import Problem, tasks
+from rlvr.tasks.countdown import CountdownTask
+
 FAST = [
     "model.tiny.hidden_size=32",
     "model.tiny.num_layers=1",
@@ -27,4 +30,21 @@ FAST = [
 
 @pytest.fixture
 def fast_overrides(tmp_path):
+    """FAST plus an output_dir under the test's tmp_path."""
     return [*FAST, f"output_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture
+def fast():
+    """FAST alone, for tests that choose their own output_dir(s)."""
+    return list(FAST)
+
+
+@tasks.register("test_parity", override=True)
+class ParityTask(CountdownTask):
+    """Scores a response 1 when its length is even: a random-looking but informative signal."""
+
+    name = "test_parity"
+
+    def score(self, problem: Problem, response: str) -> float:
+        return float(len(response) % 2 == 0)
