@@ -70,6 +70,24 @@ def build_base_component(
     return component
 
 
+class WrapsBase:
+    """Delegation shared by methods that wrap another registered method (``self.base``).
+
+    The base's per-step ``prepare`` hook and its checkpoint state pass through the wrapper.
+    """
+
+    base: Component
+
+    def prepare(self, ctx: AlgoContext) -> dict[str, float]:
+        return self.base.prepare(ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state.get("base", {}))
+
+
 def entropy_shaped_advantages(
     advantages: Tensor, entropy: Tensor, response_mask: Tensor, *, alpha: float, kappa: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -88,7 +106,7 @@ def entropy_shaped_advantages(
 
 
 @policy_loss.register("entropy_adv", requires=ENTROPY_ADV_REQUIRES)
-class EntropyAdvantage:
+class EntropyAdvantage(WrapsBase):
     """``A' = A + min(alpha sg[H], |A| / kappa)`` (arXiv 2506.14758), then the ``base`` policy loss on ``A'``.
 
     Knobs: ``alpha`` (0.4), ``kappa`` (2.0; SIREN baseline code 1.0), ``base`` (``"ppo_clip"``),
@@ -130,12 +148,3 @@ class EntropyAdvantage:
         }
         metrics.update(out.metrics)
         return LossOutput(per_token=out.per_token, metrics=metrics, loss=out.loss)
-
-    def prepare(self, ctx: AlgoContext) -> dict[str, float]:
-        return self.base.prepare(ctx)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"base": self.base.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state.get("base", {}))

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext
-from rlvr.algos.entropy_advantage import build_base_component
+from rlvr.algos.entropy_advantage import WrapsBase, build_base_component
 from rlvr.algos.groups import group_index
 from rlvr.algos.registry import advantage
 from rlvr.errors import ConfigError, MissingInputError
@@ -108,7 +108,7 @@ def scale_factor(x: float, fn: str, gamma: float = 2.0) -> float:
 
 
 @advantage.register("seed_grpo", requires=SEED_REQUIRES)
-class SeedGRPO:
+class SeedGRPO(WrapsBase):
     """SEED-GRPO (arXiv 2505.12346, partly inferred): ``A * f(alpha * SE(q) / log G)`` per group.
 
     Knobs: ``alpha`` (0.5), ``fn`` (``"linear"`` | ``"exp"`` | ``"focal"``), ``gamma`` (focal exponent,
@@ -190,12 +190,3 @@ class SeedGRPO:
             f"{self.name}/num_clusters": float(clusters.mean()),
         }
         return base * scale.to(device=base.device, dtype=base.dtype).unsqueeze(-1)
-
-    def prepare(self, ctx: AlgoContext) -> dict[str, float]:
-        return self.base.prepare(ctx)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"base": self.base.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state.get("base", {}))

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext
-from rlvr.algos.entropy_advantage import build_base_component
+from rlvr.algos.entropy_advantage import WrapsBase, build_base_component
 from rlvr.algos.groups import group_count, group_mean, group_std
 from rlvr.algos.registry import advantage
 from rlvr.errors import ConfigError
@@ -86,7 +86,7 @@ def minmax_normalise(values: Tensor, response_mask: Tensor, scope: str = "batch"
 
 
 @advantage.register("ucas", requires=UCAS_REQUIRES)
-class UCAS:
+class UCAS(WrapsBase):
     """UCAS (arXiv 2510.10649): ``A exp(-/+ beta C_hat) - penalty * z_hat``, positives clamped at 0.
 
     Knobs: ``beta_pos`` (0.25), ``beta_neg`` (0.35), ``penalty`` (0.05), ``certainty_agg`` (``"sum"`` |
@@ -148,12 +148,3 @@ class UCAS:
             f"{self.name}/penalty_mean": float((self.penalty * z_hat)[valid].mean()) if bool(valid.any()) else 0.0,
         }
         return shaped.to(base.dtype)
-
-    def prepare(self, ctx: AlgoContext) -> dict[str, float]:
-        return self.base.prepare(ctx)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"base": self.base.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state.get("base", {}))
