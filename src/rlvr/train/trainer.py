@@ -21,7 +21,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -357,16 +357,23 @@ class Trainer:
     def _current_fields(self) -> frozenset[str]:
         return frozenset({"logprobs"} | (self.pipeline.requires & FORWARD_FIELDS))
 
+    def _micro_batches(self, batch: RolloutBatch) -> Iterator[RolloutBatch]:
+        """Consecutive row slices of ``batch`` of at most ``train.micro_batch_size`` rows."""
+        n, mb = batch.input_ids.shape[0], self.cfg.train.micro_batch_size
+        for start in range(0, n, mb):
+            yield batch.rows(torch.arange(start, min(start + mb, n)))
+
+    def _forward_kwargs(self) -> dict[str, Any]:
+        return dict(temperature=self.cfg.rollout.temperature, chunk_size=self.cfg.train.logprob_chunk_size)
+
     def _old_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """Old-policy fields (``old_<field>``) and reference log-probs of the whole batch, no grad."""
-        mb = self.cfg.train.micro_batch_size
         pieces: dict[str, list[torch.Tensor]] = {}
-        kwargs = dict(temperature=self.cfg.rollout.temperature, chunk_size=self.cfg.train.logprob_chunk_size)
-        n = batch.input_ids.shape[0]
+        kwargs = self._forward_kwargs()
+        fields = self._old_fields()
         with torch.no_grad():
-            for start in range(0, n, mb):
-                rows = batch.rows(torch.arange(start, min(start + mb, n)))
-                old = policy_forward(self.model, rows, fields=self._old_fields(), **self.forward_options, **kwargs)
+            for rows in self._micro_batches(batch):
+                old = policy_forward(self.model, rows, fields=fields, **self.forward_options, **kwargs)
                 for key, value in old.items():
                     pieces.setdefault(f"old_{key}", []).append(value)
                 if self.ref_model is not None:
@@ -397,18 +404,11 @@ class Trainer:
             truncated=batch.truncated,
             group_ids=batch.group_ids,
         )
-        mb = self.cfg.train.micro_batch_size
-        parts = []
         with torch.no_grad():
-            for start in range(0, n, mb):
-                rows = answer_only.rows(torch.arange(start, min(start + mb, n)))
-                out = policy_forward(
-                    self.model,
-                    rows,
-                    temperature=self.cfg.rollout.temperature,
-                    chunk_size=self.cfg.train.logprob_chunk_size,
-                )
-                parts.append(out["logprobs"])
+            parts = [
+                policy_forward(self.model, rows, **self._forward_kwargs())["logprobs"]
+                for rows in self._micro_batches(answer_only)
+            ]
         return torch.cat(parts)
 
     def _update(self, ctx: AlgoContext, batch: RolloutBatch) -> dict[str, float]:
