@@ -89,6 +89,59 @@ def test_micro_batching_does_not_change_the_update(tmp_path, fast_overrides):
         assert torch.allclose(params[16][key], params[3][key], atol=1e-6), key
 
 
+def _trainer_after_steps(overrides, steps=2):
+    cfg = load_config(None, [*overrides, "warmstart.steps=0", "eval.every=1000"])
+    trainer = Trainer(cfg, quiet=True)
+    trainer._make_ref()
+    trainer.optimizer = trainer._make_optimizer()
+    records = [trainer.train_step() for _ in range(steps)]
+    return trainer, records
+
+
+def test_on_policy_update_reuses_its_logprobs_exactly(tmp_path, fast, monkeypatch):
+    """One update per rollout: skipping the no-grad old forward changes nothing but the forward count."""
+    import rlvr.train.trainer as trainer_module
+
+    calls = {"n": 0}
+    real_forward = trainer_module.policy_forward
+
+    def counting_forward(*args, **kwargs):
+        calls["n"] += 1
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "policy_forward", counting_forward)
+    results = {}
+    for mode in ("auto", "always"):
+        calls["n"] = 0
+        overrides = [*fast, "train.mini_batch_size=null", f"train.old_forward={mode}", f"output_dir={tmp_path / mode}"]
+        trainer, records = _trainer_after_steps(overrides)
+        assert trainer._reuses_update_logprobs(16) == (mode == "auto")
+        results[mode] = (calls["n"], trainer.model.state_dict(), records)
+    assert results["auto"][0] == 2 and results["always"][0] == 4  # micro_batch 64 >= 16 rows: one forward each
+    for key, value in results["always"][1].items():
+        assert torch.allclose(results["auto"][1][key], value, atol=1e-6), key
+    for fast_record, slow_record in zip(results["auto"][2], results["always"][2]):
+        for key in ("entropy/p50", "entropy/p90", "train/loss", "train/pg_loss", "train/grad_norm", "reward/mean"):
+            assert fast_record[key] == pytest.approx(slow_record[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["train.mini_batch_size=8"],
+        ["train.ppo_epochs=2"],
+        ["algo.policy_loss=clip_cov"],
+        ["algo.advantage=canon"],
+        ["algo.reward_shaping=[sar]"],
+        ["rollout.aepo.enabled=true"],
+        ["algo.regularizers=[siren]"],
+    ],
+)
+def test_old_forward_runs_whenever_something_reads_it_before_the_update(extra, fast_overrides):
+    cfg = load_config(None, [*fast_overrides, "train.mini_batch_size=null", *extra])
+    assert not Trainer(cfg, quiet=True)._reuses_update_logprobs(16)
+
+
 def test_metrics_are_json_lines(fast_overrides):
     cfg = load_config(None, [*fast_overrides, "train.steps=1"])
     Trainer(cfg, quiet=True).run()

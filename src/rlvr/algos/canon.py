@@ -213,7 +213,7 @@ def inter_weight(
     return 1.0 - intra
 
 
-@advantage.register("canon", requires=("rewards", "group_ids"))
+@advantage.register("canon", requires=("rewards", "group_ids", "old_entropy"))
 def canon(
     ctx: AlgoContext,
     *,

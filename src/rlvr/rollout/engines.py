@@ -5,7 +5,7 @@ An engine samples ``n`` responses per prompt and returns a :class:`RolloutBatch`
 response). Engines that hold their own copy of the weights (vLLM) need :meth:`sync_weights` after
 every optimizer update; the HF engine samples from the training model itself, so it is a no-op.
 
-Backends: ``hf`` (transformers ``generate``, always available) and ``vllm`` (optional extra,
+Backends: ``hf`` (on the training model: rlvr's KV-cache loop or transformers ``generate``, always available) and ``vllm`` (optional extra,
 imported only when selected).
 """
 
@@ -67,6 +67,7 @@ def build_engine(
     chat_template: str = "auto",
     model_path: str | Path | None = None,
     model: Any = None,
+    kv_decode: bool = True,
     **options: Any,
 ) -> RolloutEngine:
     """The engine for ``backend`` (``hf`` or ``vllm``).
@@ -74,12 +75,13 @@ def build_engine(
     ``vllm`` loads its own copy of the weights from ``model_path`` (a local Hugging Face directory).
     Without a path (the built-in tiny model) ``model`` and ``tokenizer`` are saved to a temporary
     directory first. ``options`` go to :class:`rlvr.rollout.vllm.VLLMRollout` (e.g. ``dtype``,
-    ``gpu_memory_utilization``, ``max_model_len``, ``seed``).
+    ``gpu_memory_utilization``, ``max_model_len``, ``seed``). ``kv_decode`` picks the HF engine's
+    decoding loop (:mod:`rlvr.rollout.kv_decode` where supported, else ``generate``).
     """
     if backend == "hf":
         if options:
             raise ConfigError(f"rollout.backend=hf takes no engine options, got {sorted(options)}")
-        return HFEngine(tokenizer, chat_template)
+        return HFEngine(tokenizer, chat_template, kv_decode=kv_decode)
     if backend == "vllm":
         from rlvr.rollout.vllm import VLLMRollout
 

@@ -1,4 +1,9 @@
-"""Rollouts with Hugging Face ``generate`` (KV cache, sampling, ``n`` responses per prompt)."""
+"""Rollouts on the training model itself: ``n`` sampled responses per prompt.
+
+Llama-family models (Llama, Qwen2, Qwen3, Mistral; :func:`rlvr.rollout.kv_decode.supports_kv_decode`)
+are sampled with rlvr's lean preallocated-cache loop (:class:`rlvr.rollout.kv_decode.KVDecoder`);
+other architectures, or ``kv_decode=False``, use transformers' ``generate``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.rollout.base import RolloutBatch, response_mask_from_ids
+from rlvr.rollout.kv_decode import KVDecoder, supports_kv_decode
 
 
 def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], chat_template: str) -> list[str]:
@@ -36,9 +42,10 @@ def special_ids_to_suppress(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 class HFRollout:
     """Sampling engine on the training model itself (no weight sync needed)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, chat_template: str = "auto") -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, chat_template: str = "auto", kv_decode: bool = True) -> None:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+        self.kv_decode = kv_decode
 
     @torch.no_grad()
     def generate(
@@ -64,6 +71,48 @@ class HFRollout:
         device = next(model.parameters()).device
         input_ids = enc["input_ids"].repeat_interleave(n, dim=0).to(device)
         attention_mask = enc["attention_mask"].repeat_interleave(n, dim=0).to(device)
+        suppress = special_ids_to_suppress(tok)
+        was_training = model.training
+        model.eval()
+        if self.kv_decode and supports_kv_decode(model):
+            response_ids = KVDecoder(model).sample(
+                input_ids,
+                attention_mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                greedy=greedy,
+                suppress_ids=suppress,
+            )
+        else:
+            response_ids = self._generate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, top_k, greedy, suppress)
+        model.train(was_training)
+        prompt_len = input_ids.shape[1]
+        response_mask, truncated = response_mask_from_ids(response_ids, tok.eos_token_id)
+        response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
+        full_ids = torch.cat([input_ids, response_ids], dim=1)
+        full_mask = torch.cat([attention_mask, response_mask.long()], dim=1)
+        responses = decode_responses(tok, response_ids, response_mask)
+        group_ids = torch.arange(len(prompts), device=device).repeat_interleave(n)
+        return RolloutBatch(full_ids, full_mask, prompt_len, response_mask, responses, truncated, group_ids)
+
+    def _generate(
+        self,
+        model: PreTrainedModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        greedy: bool,
+        suppress: list[int],
+    ) -> torch.Tensor:
+        """Response ids from transformers ``generate`` (architectures the KV decoder does not cover)."""
+        tok = self.tokenizer
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             pad_token_id=tok.pad_token_id,
@@ -74,22 +123,10 @@ class HFRollout:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None)
-        suppress = special_ids_to_suppress(tok)
         if suppress:
             gen_kwargs["suppress_tokens"] = suppress
-        was_training = model.training
-        model.eval()
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
-        model.train(was_training)
-        prompt_len = input_ids.shape[1]
-        response_ids = out[:, prompt_len:]
-        response_mask, truncated = response_mask_from_ids(response_ids, tok.eos_token_id)
-        response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, tok.pad_token_id))
-        full_ids = torch.cat([input_ids, response_ids], dim=1)
-        full_mask = torch.cat([attention_mask, response_mask.long()], dim=1)
-        responses = decode_responses(tok, response_ids, response_mask)
-        group_ids = torch.arange(len(prompts), device=device).repeat_interleave(n)
-        return RolloutBatch(full_ids, full_mask, prompt_len, response_mask, responses, truncated, group_ids)
+        return out[:, input_ids.shape[1] :]
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

@@ -121,6 +121,9 @@ class RolloutConfig(Strict):
     """Generation of ``group_size`` responses for each of ``prompts_per_step`` prompts."""
 
     backend: Literal["hf", "vllm"] = "hf"
+    kv_decode: bool = Field(
+        True, description="hf backend: rlvr's preallocated-KV sampling loop for Llama/Qwen models; false = transformers generate"
+    )
     vllm: dict[str, Any] = Field(
         default_factory=dict, description="rlvr.rollout.vllm.VLLMRollout options: dtype, max_model_len, gpu_memory_utilization, ..."
     )
@@ -209,6 +212,11 @@ class TrainConfig(Strict):
     )
     grad_clip: float = Field(1.0, gt=0)
     logprob_chunk_size: int = Field(1024, ge=1)
+    old_forward: Literal["auto", "always"] = Field(
+        "auto",
+        description="auto: with one optimizer update per rollout and only the loss reading old log-probs, "
+        "reuse the update forward's detached log-probs instead of a separate no-grad forward",
+    )
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_consecutive_bad_steps: int = Field(3, ge=1)

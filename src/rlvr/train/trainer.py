@@ -197,6 +197,7 @@ class Trainer:
             chat_template=r.chat_template,
             model_path=cfg.model.path,
             model=self.model,
+            kv_decode=r.kv_decode,
             **(r.vllm if r.backend == "vllm" else {}),
         )
         self.ref_model: torch.nn.Module | None = None
@@ -366,20 +367,43 @@ class Trainer:
     def _forward_kwargs(self) -> dict[str, Any]:
         return dict(temperature=self.cfg.rollout.temperature, chunk_size=self.cfg.train.logprob_chunk_size)
 
-    def _old_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
-        """Old-policy fields (``old_<field>``) and reference log-probs of the whole batch, no grad."""
+    def _reuses_update_logprobs(self, batch_size: int) -> bool:
+        """True when a separate no-grad old-policy forward would be redundant (``train.old_forward=auto``).
+
+        With one PPO epoch and one mini-batch the only update starts from the rollout weights, so the
+        rollout policy's log-probs equal the update forward's, detached (ratio exactly 1, as verl and
+        TRL do on-policy). That holds only if nothing reads them before the update: no ``old_*``
+        field but ``old_logprobs`` is required, and only losses and regularizers without a
+        ``prepare`` hook read it (Clip-Cov's batch covariance or SAR's perplexity need it earlier).
+        """
+        t = self.cfg.train
+        if t.old_forward == "always" or t.ppo_epochs != 1 or self.cfg.rollout.aepo.enabled:
+            return False
+        if t.mini_batch_size is not None and t.mini_batch_size < batch_size:
+            return False
+        if {name for name in self.pipeline.requires if name.startswith("old_")} - {"old_logprobs"}:
+            return False
+        readers = [c for c in self.pipeline.all() if "old_logprobs" in c.requires]
+        return all(c.stage in ("policy_loss", "regularizer") and not callable(getattr(c.fn, "prepare", None)) for c in readers)
+
+    def _old_forward(self, batch: RolloutBatch, policy: bool = True) -> dict[str, torch.Tensor]:
+        """Old-policy fields (``old_<field>``, unless ``policy`` is False) and reference log-probs, no grad."""
         pieces: dict[str, list[torch.Tensor]] = {}
         kwargs = self._forward_kwargs()
         fields = self._old_fields()
+        needs_peft_ref = self.ref_model is None and self._needs_ref() and is_peft_model(self.model)
+        if not policy and self.ref_model is None and not needs_peft_ref:
+            return {}
         with torch.no_grad():
             for rows in self._micro_batches(batch):
-                old = policy_forward(self.model, rows, fields=fields, **self.forward_options, **kwargs)
-                for key, value in old.items():
-                    pieces.setdefault(f"old_{key}", []).append(value)
+                if policy:
+                    old = policy_forward(self.model, rows, fields=fields, **self.forward_options, **kwargs)
+                    for key, value in old.items():
+                        pieces.setdefault(f"old_{key}", []).append(value)
                 if self.ref_model is not None:
                     ref = policy_forward(self.ref_model, rows, **kwargs)
                     pieces.setdefault("ref_logprobs", []).append(ref["logprobs"])
-                elif self._needs_ref() and is_peft_model(self.model):
+                elif needs_peft_ref:
                     ref = reference_forward(self.model, rows, **kwargs)
                     pieces.setdefault("ref_logprobs", []).append(ref["logprobs"])
         return {key: torch.cat(parts, dim=0) for key, parts in pieces.items()}
@@ -412,10 +436,19 @@ class Trainer:
         return torch.cat(parts)
 
     def _update(self, ctx: AlgoContext, batch: RolloutBatch) -> dict[str, float]:
-        """PPO epochs over mini-batches with gradient accumulation; returns averaged metrics."""
+        """PPO epochs over mini-batches with gradient accumulation; returns averaged metrics.
+
+        A context without ``old_logprobs`` comes from :meth:`_reuses_update_logprobs`: each micro-batch
+        then takes its old log-probs and entropy from its own forward, detached, and the full-batch
+        ``ctx.old_logprobs``/``ctx.old_entropy`` are assembled for the step's metrics.
+        """
         assert self.optimizer is not None
         t = self.cfg.train
-        fields = self._current_fields()
+        reuse = ctx.old_logprobs is None
+        fields = self._current_fields() | ({"entropy"} if reuse else set())
+        if reuse:
+            ctx.old_logprobs = torch.zeros_like(ctx.response_mask)
+            ctx.old_entropy = torch.zeros_like(ctx.response_mask)
         n = ctx.batch_size
         mini = t.mini_batch_size or n
         sums: Counter[str] = Counter()
@@ -448,6 +481,9 @@ class Trainer:
                     )
                     for key, value in cur.items():
                         setattr(mctx, key, value)
+                    if reuse:
+                        mctx.old_logprobs, mctx.old_entropy = cur["logprobs"].detach(), cur["entropy"].detach()
+                        ctx.old_logprobs[idx], ctx.old_entropy[idx] = mctx.old_logprobs, mctx.old_entropy
                     loss, metrics = self._micro_loss(mctx)
                     if not torch.isfinite(loss):
                         finite = False
@@ -460,6 +496,9 @@ class Trainer:
                 if not finite or not torch.isfinite(grad_norm):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
+                    if reuse and not finite:  # rows after the bad micro-batch were not forwarded
+                        old = self._old_forward(batch)
+                        ctx.old_logprobs, ctx.old_entropy = old["old_logprobs"], old["old_entropy"]
                     continue
                 self.optimizer.step()
                 updates += 1
@@ -582,7 +621,7 @@ class Trainer:
             agg_mode=cfg.algo.agg_mode,
             generator=self.shuffle_gen,
             extras={"responses": batch.responses, "problems": problems, "row_index": torch.arange(len(problems))},
-            **self._old_forward(batch),
+            **self._old_forward(batch, policy=not self._reuses_update_logprobs(len(problems))),
         )
         if "answer_only_logprobs" in self.pipeline.requires:
             ctx.extras["answer_only_logprobs"] = self._answer_only_logprobs(batch)

@@ -1,0 +1,232 @@
+"""A lean sampling loop for Llama-family decoders: preallocated KV cache, shrinking batch.
+
+``transformers.generate`` is general (any architecture, any logits processor, any cache), and that
+generality costs several milliseconds of Python per decoding step: the attention mask is rebuilt,
+the dynamic KV cache grows by ``torch.cat`` on every layer, and processors and stopping criteria run
+for every row, finished or not. For the small models of RL experiments on CPU that overhead is
+larger than the model itself. This loop does the same sampling with less:
+
+* the KV cache is preallocated once (``B x kv_heads x (prompt + max_new) x head_dim`` per layer)
+  and written in place;
+* attention is computed directly with grouped-query heads (no ``repeat_kv`` copy) under a padding
+  mask built once;
+* finished rows are dropped from the batch whenever the running rows fall to 3/4 of the rows the
+  cache holds (until then they ride along on the pad token), so a batch whose answers end early
+  stops paying for them.
+
+The model's own modules do the rest (embedding, RMSNorms, the q/k/v/o projections, with their
+biases and any PEFT LoRA layers, Qwen3's q/k norms, the MLP, the rotary embedding with its
+scaling, the LM head), so there is no second copy of the weights and no weight sync.
+Architectures: ``llama``, ``qwen2``, ``qwen3`` and ``mistral`` without sliding-window layers
+(:func:`supports_kv_decode`); anything else uses ``generate``.
+
+Sampling follows ``generate``'s order and rules (suppressed ids set to ``-inf``, then temperature,
+top-k, top-p; rows after their EOS hold the pad id), so for greedy decoding the tokens equal
+``generate``'s and sampled tokens come from the same distribution. The draw itself is inverse-CDF
+(:func:`sample_categorical`, one uniform per running row) rather than ``torch.multinomial``, so the
+sampled sequences for a given seed differ from ``generate``'s.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+COMPACT_FRACTION = 0.75
+"""The cache is compacted when the running rows fall to this fraction of the rows it holds."""
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The ``*ForCausalLM`` module under a PEFT wrapper (LoRA layers stay inside its modules)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def supports_kv_decode(model: nn.Module) -> bool:
+    """True for a Llama-family causal LM whose layers all use full attention (no sliding window)."""
+    base = _base_model(model)
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return False
+    decoder = getattr(base, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if layers is None or not hasattr(base, "lm_head") or not hasattr(decoder, "rotary_emb"):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        if any(kind != "full_attention" for kind in layer_types):
+            return False
+    elif getattr(config, "sliding_window", None) is not None:
+        return False
+    return getattr(config, "final_logit_softcapping", None) is None
+
+
+def warp_logits(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    suppress_ids: list[int] | None = None,
+) -> Tensor:
+    """Next-token scores in ``generate``'s processing order: suppress, temperature, top-k, top-p.
+
+    Removed entries are ``-inf``. ``top_k=0`` and ``top_p=1`` switch those filters off; top-p keeps
+    the smallest set of tokens whose probability mass exceeds ``top_p`` (at least one token).
+    """
+    scores = logits.float()
+    if suppress_ids:
+        scores = scores.index_fill(-1, torch.tensor(suppress_ids, device=scores.device), float("-inf"))
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= 1.0 - top_p
+        drop_sorted[..., -1:] = False
+        scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return scores
+
+
+def sample_categorical(probs: Tensor) -> Tensor:
+    """One index per row of ``probs`` ``(B, V)`` by inverse-CDF sampling: ``min{i : cumsum_i > u * total}``.
+
+    One uniform draw per row (``torch.multinomial`` draws one exponential per vocabulary entry, which
+    at a 150k vocabulary costs more than the decoding step itself); zero-probability entries are never
+    picked because the comparison is strict.
+    """
+    cumulative = probs.cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, dtype=cumulative.dtype, device=probs.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on ``(B, heads, S, D)`` with ``cos``/``sin`` of shape ``(B, S, D)``."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin
+
+
+class _Cache:
+    """Per-layer key/value buffers ``(B, kv_heads, width, head_dim)`` and an additive key mask."""
+
+    def __init__(self, keys: list[Tensor], values: list[Tensor], key_bias: Tensor) -> None:
+        self.keys, self.values, self.key_bias = keys, values, key_bias
+
+    def select(self, rows: Tensor) -> "_Cache":
+        return _Cache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.key_bias[rows])
+
+
+class KVDecoder:
+    """Samples continuations of left-padded prompts from a supported model (see module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        if not supports_kv_decode(model):
+            raise ValueError(f"{type(_base_model(model)).__name__} is not supported by KVDecoder; use generate")
+        self.base = _base_model(model)
+        self.decoder = self.base.model
+        config = self.base.config
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+
+    def _attention(self, layer: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, cache: _Cache, i: int, start: int, bias: Tensor) -> Tensor:
+        """Self-attention of ``x`` ``(B, S, hidden)`` at cache slots ``start .. start+S``; writes the cache."""
+        attn = layer.self_attn
+        b, s, _ = x.shape
+        q = attn.q_proj(x).view(b, s, self.num_heads, self.head_dim)
+        k = attn.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        v = attn.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q = _apply_rotary(q.transpose(1, 2), cos, sin)
+        k = _apply_rotary(k.transpose(1, 2), cos, sin)
+        cache.keys[i][:, :, start : start + s] = k
+        cache.values[i][:, :, start : start + s] = v.transpose(1, 2)
+        keys = cache.keys[i][:, :, : start + s]
+        values = cache.values[i][:, :, : start + s]
+        rep = self.num_heads // self.num_kv_heads
+        # query head h reads kv head h // rep (transformers' repeat_kv), without copying the cache
+        grouped = q.reshape(b, self.num_kv_heads, rep * s, self.head_dim)
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)) * attn.scaling
+        scores = scores.view(b, self.num_kv_heads, rep, s, -1) + bias
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(weights.view(b, self.num_kv_heads, rep * s, -1), values)
+        out = out.view(b, self.num_heads, s, self.head_dim).transpose(1, 2).reshape(b, s, -1)
+        return attn.o_proj(out)
+
+    def _forward(self, ids: Tensor, positions: Tensor, cache: _Cache, start: int, bias: Tensor) -> Tensor:
+        """Last-position logits ``(B, V)`` of ``ids`` ``(B, S)`` placed at cache slots ``start..``."""
+        x = self.decoder.embed_tokens(ids)
+        cos, sin = self.decoder.rotary_emb(x, positions)
+        for i, layer in enumerate(self.decoder.layers):
+            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, cache, i, start, bias)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = self.decoder.norm(x[:, -1:])
+        return self.base.lm_head(x)[:, -1]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int | list[int],
+        pad_token_id: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        suppress_ids: list[int] | None = None,
+    ) -> Tensor:
+        """Response ids ``(B, T)`` (``T <= max_new_tokens``; pad after each row's EOS)."""
+        n, prompt_len = input_ids.shape
+        device = input_ids.device
+        eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+        dtype = self.decoder.embed_tokens.weight.dtype
+        width = prompt_len + max_new_tokens
+        keys = [torch.zeros(n, self.num_kv_heads, width, self.head_dim, dtype=dtype, device=device) for _ in self.decoder.layers]
+        values = [torch.zeros_like(k) for k in keys]
+        valid = torch.ones(n, width, dtype=torch.bool, device=device)
+        valid[:, :prompt_len] = attention_mask.bool()
+        key_bias = torch.zeros(n, width, dtype=dtype, device=device).masked_fill(~valid, torch.finfo(dtype).min)
+        cache = _Cache(keys, values, key_bias)
+        # positions count real tokens only, as generate does for left-padded prompts
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
+        prefill_bias = cache.key_bias[:, None, None, None, :prompt_len].masked_fill(~causal, torch.finfo(dtype).min)
+        logits = self._forward(input_ids, positions, cache, 0, prefill_bias)
+        next_pos = positions[:, -1] + 1
+        out = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+        rows = torch.arange(n, device=device)  # original row of each cache row
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        length = 0
+        for step in range(max_new_tokens):
+            live = (~done).nonzero().squeeze(1)
+            scores = warp_logits(logits[live], temperature=1.0 if greedy else temperature, top_k=0 if greedy else top_k,
+                                 top_p=1.0 if greedy else top_p, suppress_ids=suppress_ids)  # fmt: skip
+            sampled = scores.argmax(-1) if greedy else sample_categorical(scores.softmax(-1))
+            out[rows[live], step] = sampled
+            length = step + 1
+            tokens = torch.full_like(rows, pad_token_id).index_copy(0, live, sampled)
+            done = done.index_fill(0, live[torch.isin(sampled, eos_ids)], True)
+            if step + 1 == max_new_tokens or bool(done.all()):
+                break
+            if int((~done).sum()) <= COMPACT_FRACTION * len(rows):
+                keep = (~done).nonzero().squeeze(1)
+                cache, rows, done, tokens, next_pos = cache.select(keep), rows[keep], done[keep], tokens[keep], next_pos[keep]
+            slot = prompt_len + step
+            bias = cache.key_bias[:, None, None, None, : slot + 1]
+            logits = self._forward(tokens[:, None], next_pos[:, None], cache, slot, bias)
+            next_pos = next_pos + 1
+        return out[:, :length]
