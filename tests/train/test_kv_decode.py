@@ -21,7 +21,8 @@ from transformers.generation.logits_process import (
 
 from rlvr.models.tiny import char_tokenizer, tiny_qwen2
 from rlvr.rollout.hf import HFRollout
-from rlvr.rollout.kv_decode import KVDecoder, sample_categorical, supports_kv_decode, warp_logits
+from rlvr.models.architecture import is_full_attention_llama
+from rlvr.rollout.kv_decode import KVDecoder, sample_categorical, warp_logits
 
 PROMPTS = ["1 2 3>6=", "12 5 7>99=", "4>4=", "33 44 55 66>100=", "8 9>17=", "70 2>35=", "5 5 5>125=", "9 1 4>36="]
 
@@ -78,7 +79,7 @@ def test_greedy_tokens_equal_generate(name):
     """Left padding, GQA, biases, Qwen3 q/k norms, rows finishing early (cache compaction)."""
     tok = char_tokenizer()
     model = _models(tok)[name]
-    assert supports_kv_decode(model)
+    assert is_full_attention_llama(model)
     ids, mask = _encode(tok, PROMPTS)
     eos = _staggered_eos(model, ids, mask, tok)
     with torch.no_grad():
@@ -116,7 +117,7 @@ def test_lora_model_decodes_through_its_adapters():
 def test_sliding_window_models_fall_back_to_generate():
     tok = char_tokenizer()
     mistral = _small(MistralForCausalLM, MistralConfig, tok, sliding_window=4)
-    assert not supports_kv_decode(mistral)
+    assert not is_full_attention_llama(mistral)
     torch.manual_seed(0)
     batch = HFRollout(tok, "off").generate(mistral, PROMPTS[:2], n=2, max_new_tokens=5)
     assert batch.input_ids.shape[0] == 4
@@ -182,3 +183,13 @@ def test_hf_rollout_uses_kv_decoder_and_generate_agree_greedily():
     assert torch.equal(fast.input_ids, slow.input_ids)
     assert torch.equal(fast.response_mask, slow.response_mask)
     assert fast.responses == slow.responses
+
+
+def test_shared_prefill_equals_repeated_prompts():
+    tok = char_tokenizer()
+    model = _models(tok)["llama"]
+    once, mask_once = _encode(tok, PROMPTS, n=1)
+    kwargs = dict(max_new_tokens=10, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, greedy=True)
+    shared = KVDecoder(model).sample(once, mask_once, n=3, **kwargs)
+    repeated = KVDecoder(model).sample(*_encode(tok, PROMPTS, n=3), **kwargs)
+    assert torch.equal(shared, repeated)

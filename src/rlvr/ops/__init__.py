@@ -15,6 +15,7 @@ from rlvr.ops.logprobs import (
     last_hidden_states,
     naive_logprobs_entropy,
     output_head_weight,
+    response_hidden_states,
     response_logprobs,
 )
 from rlvr.ops.top_p_entropy import chunked_top_p_entropy, naive_top_p_entropy
@@ -27,5 +28,6 @@ __all__ = [
     "naive_logprobs_entropy",
     "naive_top_p_entropy",
     "output_head_weight",
+    "response_hidden_states",
     "response_logprobs",
 ]

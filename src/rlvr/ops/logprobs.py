@@ -28,12 +28,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rlvr.models.architecture import is_full_attention_llama, unwrap_peft
+
 __all__ = [
     "chunked_logprobs_entropy",
     "default_position_ids",
     "last_hidden_states",
     "naive_logprobs_entropy",
     "output_head_weight",
+    "response_hidden_states",
     "response_logprobs",
 ]
 
@@ -322,28 +325,13 @@ _UNSUPPORTED_HEAD_ATTRS: dict[str, Any] = {
 }
 
 
-def _unwrap_peft(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT ``PeftModel`` (LoRA layers stay injected), else ``model``."""
-    peft_config = getattr(model, "peft_config", None)
-    get_base = getattr(model, "get_base_model", None)
-    if peft_config is None or get_base is None:
-        return model
-    active = getattr(model, "active_peft_config", None)
-    if active is not None and getattr(active, "is_prompt_learning", False):
-        raise NotImplementedError(
-            "prompt-learning PEFT adapters (prompt/prefix/p-tuning) add virtual tokens in "
-            "PeftModel.forward; rlvr.ops cannot bypass it. Use LoRA-style adapters."
-        )
-    return get_base()
-
-
 def output_head_weight(model: nn.Module) -> Tensor:
     """The ``(V, D)`` LM-head weight, after checking that logits are exactly ``h @ W^T``.
 
     Raises ``NotImplementedError`` for logit soft-capping / scaling, a bias on the LM head, or an
     LM head that is not a plain ``nn.Linear`` (e.g. a LoRA-wrapped ``lm_head``).
     """
-    base = _unwrap_peft(model)
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     if config is not None:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -402,7 +390,7 @@ def last_hidden_states(
     default to :func:`default_position_ids` of ``attention_mask`` (what ``generate`` used when
     sampling left-padded prompts), else ``0..L-1``.
     """
-    base = _unwrap_peft(model)
+    base = unwrap_peft(model)
     if position_ids is None and attention_mask is not None:
         position_ids = default_position_ids(attention_mask)
     kwargs: dict[str, Any] = {
@@ -419,6 +407,51 @@ def last_hidden_states(
         out = base(**kwargs, output_hidden_states=True)
         hidden = out.hidden_states[-1]
     return hidden
+
+
+def response_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
+    """``(B, T)`` final hidden states that predict the response tokens ``input_ids[:, prompt_len:]``.
+
+    Equal to ``last_hidden_states(...)[:, prompt_len - 1 : -1]``. When rows share a prompt (a GRPO
+    group holds ``n`` copies of it), each distinct prompt runs through the decoder once with its
+    key/value cache, the cache is copied to the rows that share it, and only the response tokens run
+    per row; gradients flow back through the copies. For ``n`` samples of a ``P``-token prompt
+    this saves ``(n - 1) * P`` of every ``n * (P + T)`` token positions. The shared path is used
+    for Llama-family models (:func:`rlvr.models.architecture.is_full_attention_llama`) without
+    gradient checkpointing, whose prompts are left-padded (so the last prompt column is a real token).
+    """
+    batch, seq_len = input_ids.shape
+    prompt_ids, prompt_mask = input_ids[:, :prompt_len], attention_mask[:, :prompt_len]
+    body = _decoder_body(unwrap_peft(model))
+    shareable = (
+        body is not None
+        and 1 <= prompt_len < seq_len
+        and is_full_attention_llama(model)
+        and not getattr(body, "gradient_checkpointing", False)
+        and bool(prompt_mask[:, -1].all())
+    )
+    if shareable:
+        unique, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
+        shareable = unique.shape[0] < batch
+    if not shareable:
+        return last_hidden_states(model, input_ids, attention_mask)[:, prompt_len - 1 : -1]
+    from transformers import DynamicCache
+
+    first = torch.full((unique.shape[0],), batch, dtype=torch.long, device=input_ids.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(batch, device=input_ids.device), reduce="amin")
+    positions = default_position_ids(attention_mask)
+    cache = DynamicCache(config=body.config)
+    prompt_out = body(
+        input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first, :prompt_len],
+        past_key_values=cache, use_cache=True,
+    )  # fmt: skip
+    cache.batch_select_indices(inverse)
+    response_out = body(
+        input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask, position_ids=positions[:, prompt_len:],
+        past_key_values=cache, use_cache=True,
+    )  # fmt: skip
+    last_prompt = prompt_out.last_hidden_state[inverse, -1:]
+    return torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)
 
 
 def response_logprobs(

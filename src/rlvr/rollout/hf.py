@@ -1,6 +1,6 @@
 """Rollouts on the training model itself: ``n`` sampled responses per prompt.
 
-Llama-family models (Llama, Qwen2, Qwen3, Mistral; :func:`rlvr.rollout.kv_decode.supports_kv_decode`)
+Llama-family models (Llama, Qwen2, Qwen3, Mistral; :func:`rlvr.models.architecture.is_full_attention_llama`)
 are sampled with rlvr's lean preallocated-cache loop (:class:`rlvr.rollout.kv_decode.KVDecoder`);
 other architectures, or ``kv_decode=False``, use transformers' ``generate``.
 """
@@ -13,7 +13,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.rollout.base import RolloutBatch, response_mask_from_ids
-from rlvr.rollout.kv_decode import KVDecoder, supports_kv_decode
+from rlvr.models.architecture import is_full_attention_llama
+from rlvr.rollout.kv_decode import KVDecoder
 
 
 def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], chat_template: str) -> list[str]:
@@ -74,10 +75,11 @@ class HFRollout:
         suppress = special_ids_to_suppress(tok)
         was_training = model.training
         model.eval()
-        if self.kv_decode and supports_kv_decode(model):
+        if self.kv_decode and is_full_attention_llama(model):
             response_ids = KVDecoder(model).sample(
-                input_ids,
-                attention_mask,
+                enc["input_ids"].to(device),
+                enc["attention_mask"].to(device),
+                n=n,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,

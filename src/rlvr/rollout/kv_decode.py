@@ -10,6 +10,7 @@ larger than the model itself. This loop does the same sampling with less:
   and written in place;
 * attention is computed directly with grouped-query heads (no ``repeat_kv`` copy) under a padding
   mask built once;
+* each prompt is prefilled once for its ``n`` samples;
 * finished rows are dropped from the batch whenever the running rows fall to 3/4 of the rows the
   cache holds (until then they ride along on the pad token), so a batch whose answers end early
   stops paying for them.
@@ -18,7 +19,7 @@ The model's own modules do the rest (embedding, RMSNorms, the q/k/v/o projection
 biases and any PEFT LoRA layers, Qwen3's q/k norms, the MLP, the rotary embedding with its
 scaling, the LM head), so there is no second copy of the weights and no weight sync.
 Architectures: ``llama``, ``qwen2``, ``qwen3`` and ``mistral`` without sliding-window layers
-(:func:`supports_kv_decode`); anything else uses ``generate``.
+(:func:`rlvr.models.architecture.is_full_attention_llama`); anything else uses ``generate``.
 
 Sampling follows ``generate``'s order and rules (suppressed ids set to ``-inf``, then temperature,
 top-k, top-p; rows after their EOS hold the pad id), so for greedy decoding the tokens equal
@@ -31,36 +32,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+from rlvr.models.architecture import is_full_attention_llama, unwrap_peft
 
 COMPACT_FRACTION = 0.75
 """The cache is compacted when the running rows fall to this fraction of the rows it holds."""
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    """The ``*ForCausalLM`` module under a PEFT wrapper (LoRA layers stay inside its modules)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def supports_kv_decode(model: nn.Module) -> bool:
-    """True for a Llama-family causal LM whose layers all use full attention (no sliding window)."""
-    base = _base_model(model)
-    config = getattr(base, "config", None)
-    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-        return False
-    decoder = getattr(base, "model", None)
-    layers = getattr(decoder, "layers", None)
-    if layers is None or not hasattr(base, "lm_head") or not hasattr(decoder, "rotary_emb"):
-        return False
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        if any(kind != "full_attention" for kind in layer_types):
-            return False
-    elif getattr(config, "sliding_window", None) is not None:
-        return False
-    return getattr(config, "final_logit_softcapping", None) is None
 
 
 def warp_logits(
@@ -105,15 +82,28 @@ def sample_categorical(probs: Tensor) -> Tensor:
     return torch.searchsorted(cumulative, u, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """RoPE on ``(B, heads, S, D)``: ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = [-x2, x1]``.
+
+    ``signed_sin`` is ``[-sin_1, sin_2]`` (halves of ``sin``), so ``roll(x, D/2) * signed_sin`` is
+    ``rotate_half(x) * sin`` in one op; ``cos``/``signed_sin`` are ``(B, S, D)``.
+    """
+    return torch.addcmul(x * cos.unsqueeze(1), x.roll(x.shape[-1] // 2, dims=-1), signed_sin.unsqueeze(1))
 
 
-def _apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """RoPE on ``(B, heads, S, D)`` with ``cos``/``sin`` of shape ``(B, S, D)``."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + _rotate_half(x) * sin
+def _signed_sin(sin: Tensor) -> Tensor:
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def _rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """A Llama-family RMSNorm module's output, in one fused op (same formula: ``w * x / rms(x)``).
+
+    Half-precision inputs go through the module, which normalises in float32 before the cast.
+    """
+    if x.dtype != torch.float32:
+        return norm(x)
+    return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
 class _Cache:
@@ -130,9 +120,9 @@ class KVDecoder:
     """Samples continuations of left-padded prompts from a supported model (see module docstring)."""
 
     def __init__(self, model: nn.Module) -> None:
-        if not supports_kv_decode(model):
-            raise ValueError(f"{type(_base_model(model)).__name__} is not supported by KVDecoder; use generate")
-        self.base = _base_model(model)
+        if not is_full_attention_llama(model):
+            raise ValueError(f"{type(unwrap_peft(model)).__name__} is not supported by KVDecoder; use generate")
+        self.base = unwrap_peft(model)
         self.decoder = self.base.model
         config = self.base.config
         self.num_heads = config.num_attention_heads
@@ -147,7 +137,7 @@ class KVDecoder:
         k = attn.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
         v = attn.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
         if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
         q = _apply_rotary(q.transpose(1, 2), cos, sin)
         k = _apply_rotary(k.transpose(1, 2), cos, sin)
         cache.keys[i][:, :, start : start + s] = k
@@ -164,14 +154,33 @@ class KVDecoder:
         out = out.view(b, self.num_heads, s, self.head_dim).transpose(1, 2).reshape(b, s, -1)
         return attn.o_proj(out)
 
-    def _forward(self, ids: Tensor, positions: Tensor, cache: _Cache, start: int, bias: Tensor) -> Tensor:
+    def _rotary_table(self, length: int) -> tuple[Tensor, Tensor] | None:
+        """``cos``/signed ``sin`` ``(length, head_dim)`` for positions ``0..length-1`` from the model's rotary module.
+
+        None for the rotary types whose frequencies depend on the sequence length seen so far
+        (``dynamic``, ``longrope``): those are recomputed at every step, as ``generate`` does.
+        """
+        rotary = self.decoder.rotary_emb
+        if getattr(rotary, "rope_type", "default") in ("dynamic", "longrope"):
+            return None
+        probe = self.decoder.embed_tokens.weight[:1]
+        cos, sin = rotary(probe, torch.arange(length, device=probe.device)[None])
+        return cos[0], _signed_sin(sin[0])
+
+    def _forward(
+        self, ids: Tensor, positions: Tensor, cache: _Cache, start: int, bias: Tensor, table: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """Last-position logits ``(B, V)`` of ``ids`` ``(B, S)`` placed at cache slots ``start..``."""
         x = self.decoder.embed_tokens(ids)
-        cos, sin = self.decoder.rotary_emb(x, positions)
+        if table is None:
+            cos, sin = self.decoder.rotary_emb(x, positions)
+            sin = _signed_sin(sin)
+        else:
+            cos, sin = table[0][positions], table[1][positions]
         for i, layer in enumerate(self.decoder.layers):
-            x = x + self._attention(layer, layer.input_layernorm(x), cos, sin, cache, i, start, bias)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        x = self.decoder.norm(x[:, -1:])
+            x = x + self._attention(layer, _rms_norm(layer.input_layernorm, x), cos, sin, cache, i, start, bias)
+            x = x + layer.mlp(_rms_norm(layer.post_attention_layernorm, x))
+        x = _rms_norm(self.decoder.norm, x[:, -1:])
         return self.base.lm_head(x)[:, -1]
 
     @torch.no_grad()
@@ -180,6 +189,7 @@ class KVDecoder:
         input_ids: Tensor,
         attention_mask: Tensor,
         *,
+        n: int = 1,
         max_new_tokens: int,
         eos_token_id: int | list[int],
         pad_token_id: int,
@@ -189,17 +199,21 @@ class KVDecoder:
         greedy: bool = False,
         suppress_ids: list[int] | None = None,
     ) -> Tensor:
-        """Response ids ``(B, T)`` (``T <= max_new_tokens``; pad after each row's EOS)."""
-        n, prompt_len = input_ids.shape
+        """Response ids ``(B * n, T)`` (``T <= max_new_tokens``; pad after each row's EOS).
+
+        Each of the ``B`` left-padded prompts is prefilled once and its cache copied to its ``n``
+        sampled rows (rows ``i*n .. i*n+n-1`` continue prompt ``i``).
+        """
+        prompts, prompt_len = input_ids.shape
         device = input_ids.device
         eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
         dtype = self.decoder.embed_tokens.weight.dtype
         width = prompt_len + max_new_tokens
-        keys = [torch.zeros(n, self.num_kv_heads, width, self.head_dim, dtype=dtype, device=device) for _ in self.decoder.layers]
+        keys = [torch.zeros(prompts, self.num_kv_heads, width, self.head_dim, dtype=dtype, device=device) for _ in self.decoder.layers]
         values = [torch.zeros_like(k) for k in keys]
-        valid = torch.ones(n, width, dtype=torch.bool, device=device)
+        valid = torch.ones(prompts, width, dtype=torch.bool, device=device)
         valid[:, :prompt_len] = attention_mask.bool()
-        key_bias = torch.zeros(n, width, dtype=dtype, device=device).masked_fill(~valid, torch.finfo(dtype).min)
+        key_bias = torch.zeros(prompts, width, dtype=dtype, device=device).masked_fill(~valid, torch.finfo(dtype).min)
         cache = _Cache(keys, values, key_bias)
         # positions count real tokens only, as generate does for left-padded prompts
         positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
@@ -207,6 +221,11 @@ class KVDecoder:
         prefill_bias = cache.key_bias[:, None, None, None, :prompt_len].masked_fill(~causal, torch.finfo(dtype).min)
         logits = self._forward(input_ids, positions, cache, 0, prefill_bias)
         next_pos = positions[:, -1] + 1
+        table = self._rotary_table(int(next_pos.max()) + max_new_tokens)
+        if n > 1:
+            copies = torch.arange(prompts, device=device).repeat_interleave(n)
+            cache, logits, next_pos = cache.select(copies), logits[copies], next_pos[copies]
+        n = prompts * n
         out = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
         rows = torch.arange(n, device=device)  # original row of each cache row
         done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -227,6 +246,6 @@ class KVDecoder:
                 cache, rows, done, tokens, next_pos = cache.select(keep), rows[keep], done[keep], tokens[keep], next_pos[keep]
             slot = prompt_len + step
             bias = cache.key_bias[:, None, None, None, : slot + 1]
-            logits = self._forward(tokens[:, None], next_pos[:, None], cache, slot, bias)
+            logits = self._forward(tokens[:, None], next_pos[:, None], cache, slot, bias, table)
             next_pos = next_pos + 1
         return out[:, :length]

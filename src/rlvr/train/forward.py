@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from rlvr.ops import chunked_logprobs_entropy, chunked_top_p_entropy, last_hidden_states, output_head_weight
+from rlvr.ops import chunked_logprobs_entropy, chunked_top_p_entropy, output_head_weight, response_hidden_states
 from rlvr.ops.certainty import chunked_self_certainty
 from rlvr.ops.minp import chunked_minp_logprobs
 from rlvr.rollout.base import RolloutBatch
@@ -66,10 +66,9 @@ def policy_forward(
     unknown = set(fields) - FORWARD_FIELDS
     if unknown:
         raise ValueError(f"policy_forward cannot compute {sorted(unknown)}; known: {sorted(FORWARD_FIELDS)}")
-    hidden = last_hidden_states(model, batch.input_ids, batch.attention_mask)
     prompt_len = batch.prompt_len
     valid = batch.response_mask.bool()
-    flat_hidden = hidden[:, prompt_len - 1 : -1][valid]
+    flat_hidden = response_hidden_states(model, batch.input_ids, batch.attention_mask, prompt_len)[valid]
     flat_targets = batch.input_ids[:, prompt_len:][valid]
     weight = output_head_weight(model)
     out: dict[str, Tensor] = {}
