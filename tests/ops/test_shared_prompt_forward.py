@@ -82,3 +82,25 @@ def test_distinct_prompts_take_the_plain_forward():
     handle.remove()
     assert len(body_calls) == 1
     assert torch.equal(hidden, last_hidden_states(model, ids, mask)[:, prompt_len - 1 : -1])
+
+
+def test_shared_prompt_gradients_are_bitwise_reproducible():
+    """The copies' backward must not accumulate in a thread-dependent order (``x[index]`` does on CPU)."""
+    tok = char_tokenizer()
+    # big enough (48 rows x 2 kv heads x 17 x 32 > 32k elements) for CPU kernels to go parallel
+    model = tiny_qwen2(tok, hidden_size=128, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64)
+    ids, mask, prompt_len, _ = _batch(tok, n=16, response_len=12)
+    order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(2))  # groups interleaved
+    ids, mask = ids[order], mask[order]
+    weights = torch.randn(ids.shape[0], 12, 128, generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        grads = []
+        for _ in range(4):
+            model.zero_grad()
+            (response_hidden_states(model, ids, mask, prompt_len) * weights).sum().backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])

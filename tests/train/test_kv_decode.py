@@ -193,3 +193,25 @@ def test_shared_prefill_equals_repeated_prompts():
     shared = KVDecoder(model).sample(once, mask_once, n=3, **kwargs)
     repeated = KVDecoder(model).sample(*_encode(tok, PROMPTS, n=3), **kwargs)
     assert torch.equal(shared, repeated)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("name", ["qwen2", "llama", "qwen3"])
+def test_step_logits_equal_the_full_forward(name, dtype, tol):
+    """Prefill and one cached decoding step give the logits of a plain forward over the whole sequence."""
+    tok = char_tokenizer()
+    model = _models(tok)[name].to(dtype)
+    ids, mask = _encode(tok, PROMPTS, n=1)
+    decoder = KVDecoder(model)
+    with torch.no_grad():
+        cache, logits, next_pos = decoder._prefill(ids, mask, ids.shape[1] + 1)
+        nxt = logits.argmax(-1)
+        bias = cache.key_bias[:, None, None, None, :]
+        step = decoder._forward(nxt[:, None], next_pos[:, None], cache, ids.shape[1], bias)
+        full_ids = torch.cat([ids, nxt[:, None]], 1)
+        full_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 1)
+        expected = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions).logits[:, -2:].float()
+    scale = expected.abs().max()
+    assert (logits.float() - expected[:, 0]).abs().max() <= tol * scale
+    assert (step.float() - expected[:, 1]).abs().max() <= tol * scale

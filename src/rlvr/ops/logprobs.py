@@ -445,12 +445,13 @@ def response_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: 
         input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first, :prompt_len],
         past_key_values=cache, use_cache=True,
     )  # fmt: skip
-    cache.batch_select_indices(inverse)
+    for layer in cache.layers:  # index_select: its backward (index_add) is deterministic on CPU; [inverse] is not
+        layer.keys, layer.values = layer.keys.index_select(0, inverse), layer.values.index_select(0, inverse)
     response_out = body(
         input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask, position_ids=positions[:, prompt_len:],
         past_key_values=cache, use_cache=True,
     )  # fmt: skip
-    last_prompt = prompt_out.last_hidden_state[inverse, -1:]
+    last_prompt = prompt_out.last_hidden_state[:, -1:].index_select(0, inverse)
     return torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)
 
 

@@ -183,6 +183,23 @@ class KVDecoder:
         x = _rms_norm(self.decoder.norm, x[:, -1:])
         return self.base.lm_head(x)[:, -1]
 
+    def _prefill(self, input_ids: Tensor, attention_mask: Tensor, width: int) -> tuple[_Cache, Tensor, Tensor]:
+        """A cache of ``width`` slots holding the prompts, their last logits and each row's next position."""
+        prompts, prompt_len = input_ids.shape
+        device = input_ids.device
+        dtype = self.decoder.embed_tokens.weight.dtype
+        keys = [torch.zeros(prompts, self.num_kv_heads, width, self.head_dim, dtype=dtype, device=device) for _ in self.decoder.layers]
+        valid = torch.ones(prompts, width, dtype=torch.bool, device=device)
+        valid[:, :prompt_len] = attention_mask.bool()
+        key_bias = torch.zeros(prompts, width, dtype=dtype, device=device).masked_fill(~valid, torch.finfo(dtype).min)
+        cache = _Cache(keys, [torch.zeros_like(k) for k in keys], key_bias)
+        # positions count real tokens only, as generate does for left-padded prompts
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
+        bias = key_bias[:, None, None, None, :prompt_len].masked_fill(~causal, torch.finfo(dtype).min)
+        logits = self._forward(input_ids, positions, cache, 0, bias)
+        return cache, logits, positions[:, -1] + 1
+
     @torch.no_grad()
     def sample(
         self,
@@ -207,28 +224,15 @@ class KVDecoder:
         prompts, prompt_len = input_ids.shape
         device = input_ids.device
         eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
-        dtype = self.decoder.embed_tokens.weight.dtype
-        width = prompt_len + max_new_tokens
-        keys = [torch.zeros(prompts, self.num_kv_heads, width, self.head_dim, dtype=dtype, device=device) for _ in self.decoder.layers]
-        values = [torch.zeros_like(k) for k in keys]
-        valid = torch.ones(prompts, width, dtype=torch.bool, device=device)
-        valid[:, :prompt_len] = attention_mask.bool()
-        key_bias = torch.zeros(prompts, width, dtype=dtype, device=device).masked_fill(~valid, torch.finfo(dtype).min)
-        cache = _Cache(keys, values, key_bias)
-        # positions count real tokens only, as generate does for left-padded prompts
-        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
-        prefill_bias = cache.key_bias[:, None, None, None, :prompt_len].masked_fill(~causal, torch.finfo(dtype).min)
-        logits = self._forward(input_ids, positions, cache, 0, prefill_bias)
-        next_pos = positions[:, -1] + 1
+        cache, logits, next_pos = self._prefill(input_ids, attention_mask, prompt_len + max_new_tokens)
         table = self._rotary_table(int(next_pos.max()) + max_new_tokens)
         if n > 1:
             copies = torch.arange(prompts, device=device).repeat_interleave(n)
             cache, logits, next_pos = cache.select(copies), logits[copies], next_pos[copies]
-        n = prompts * n
-        out = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-        rows = torch.arange(n, device=device)  # original row of each cache row
-        done = torch.zeros(n, dtype=torch.bool, device=device)
+        total = prompts * n
+        out = torch.full((total, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+        rows = torch.arange(total, device=device)  # original row of each cache row
+        done = torch.zeros(total, dtype=torch.bool, device=device)
         length = 0
         for step in range(max_new_tokens):
             live = (~done).nonzero().squeeze(1)

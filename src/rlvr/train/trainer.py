@@ -2,9 +2,12 @@
 
 One step:
 
-1. sample ``prompts_per_step`` training problems, generate ``group_size`` responses each (HF generate);
+1. sample ``prompts_per_step`` training problems, generate ``group_size`` responses each (the HF
+   engine's KV-cache loop, transformers ``generate`` or vLLM);
 2. score them with the task's verifier (crash/hang/NaN-safe), apply reward shapers;
-3. old (and reference) log-probs and entropies in one no-grad forward;
+3. old (and reference) log-probs and entropies in one no-grad forward; skipped for the policy when
+   it would be redundant (one update per rollout, nothing reads them before the update: the update
+   forward's detached log-probs are the old ones, ``train.old_forward=auto``);
 4. advantages over the whole rollout batch; per-step ``prepare`` hooks of stateful methods;
 5. ``ppo_epochs`` passes over shuffled mini-batches, each accumulated over micro-batches with the
    loss normalised by mini-batch totals (so micro-batching never changes the gradient), AdamW with
