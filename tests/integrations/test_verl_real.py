@@ -75,7 +75,7 @@ def test_dr_grpo_advantage_equals_verl_grpo_without_std():
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-@pytest.mark.parametrize("loss_agg_mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("loss_agg_mode", ["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("global_info", [{}, {"dp_size": 2, "batch_num_tokens": 40, "global_batch_size": 16}])
 def test_ppo_clip_equals_verl_vanilla_at_ppo_loss_call_site(loss_agg_mode, global_info):
     gen = torch.Generator().manual_seed(1)
