@@ -576,7 +576,7 @@ def write_markdown(out: Path, study: dict[str, Any], args: argparse.Namespace, p
         "",
     ]
     head = ["method", "greedy acc warm → final"] + [f"{k} warm → final" for k in ks] + [
-        "entropy step 1", f"entropy final", "Δ entropy (rel)", "train acc final", "resp. len (mean / final)",
+        "entropy step 1", "entropy final", "Δ entropy (rel)", "train acc final", "resp. len (mean / final)",
         "wall time (median step)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, d in study.items():
