@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rlvr.models.architecture import is_full_attention_llama, unwrap_peft
+from rlvr.ops.logprobs import default_position_ids
 
 COMPACT_FRACTION = 0.75
 """The cache is compacted when the running rows fall to this fraction of the rows it holds."""
@@ -193,8 +194,7 @@ class KVDecoder:
         valid[:, :prompt_len] = attention_mask.bool()
         key_bias = torch.zeros(prompts, width, dtype=dtype, device=device).masked_fill(~valid, torch.finfo(dtype).min)
         cache = _Cache(keys, [torch.zeros_like(k) for k in keys], key_bias)
-        # positions count real tokens only, as generate does for left-padded prompts
-        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+        positions = default_position_ids(attention_mask)  # real tokens only, as generate counts them
         causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
         bias = key_bias[:, None, None, None, :prompt_len].masked_fill(~causal, torch.finfo(dtype).min)
         logits = self._forward(input_ids, positions, cache, 0, bias)
