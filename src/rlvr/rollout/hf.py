@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr.rollout.base import RolloutBatch, response_mask_from_ids
 from rlvr.models.architecture import is_full_attention_llama
+from rlvr.rollout.base import RolloutBatch, response_mask_from_ids
 from rlvr.rollout.kv_decode import KVDecoder
 
 
