@@ -21,25 +21,7 @@ import statistics
 import time
 
 import torch
-
-
-def load(model: str) -> tuple[torch.nn.Module, object]:
-    if model == "tiny":
-        from rlvr.models.tiny import char_tokenizer, tiny_qwen2
-        from rlvr.train.config import TinyModelConfig
-
-        tok, t = char_tokenizer(), TinyModelConfig()
-        return tiny_qwen2(
-            tok, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
-            num_kv_heads=t.num_kv_heads, intermediate_size=t.intermediate_size, seed=0,
-        ), tok  # fmt: skip
-    from rlvr.models.loading import load_model_and_tokenizer
-
-    if model == "smollm2":
-        from rlvr.models.smollm2 import convert_smollm2
-
-        model = str(convert_smollm2())
-    return load_model_and_tokenizer(model)
+from common import build_model
 
 
 def main() -> None:
@@ -57,7 +39,7 @@ def main() -> None:
     from rlvr.rollout.hf import HFRollout
     from rlvr.tasks.countdown import CountdownTask
 
-    model, tok = load(args.model)
+    model, tok = build_model(args.model)
     model.eval()
     if not is_full_attention_llama(model):
         raise SystemExit(f"{type(model).__name__} is not a model the KV decoder covers; nothing to compare")

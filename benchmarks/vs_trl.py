@@ -34,6 +34,8 @@ import tempfile
 import time
 from typing import Any
 
+from common import build_model, model_overrides
+
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -45,11 +47,10 @@ def run_rlvr(args: argparse.Namespace) -> dict[str, Any]:
     from rlvr.train.trainer import Trainer
 
     out = tempfile.mkdtemp(prefix="bench-rlvr-")
-    model = [] if args.model == "tiny" else [f"model.path={model_path(args.model)}"]
     cfg = load_config(
         None,
         [
-            *model,
+            *model_overrides(args.model),
             f"seed={args.seed}",
             f"output_dir={out}",
             "task.name=countdown",
@@ -86,23 +87,11 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlvr.models.tiny import char_tokenizer, tiny_qwen2
     from rlvr.tasks.countdown import CountdownTask, countdown_problem
-    from rlvr.train.config import TinyModelConfig
 
     task = CountdownTask()
     problems = task.train_problems(args.prompts * (args.steps + 2), random.Random(args.seed))
-    if args.model == "tiny":
-        tok = char_tokenizer()
-        t = TinyModelConfig()
-        model = tiny_qwen2(
-            tok, hidden_size=t.hidden_size, num_layers=t.num_layers, num_heads=t.num_heads,
-            num_kv_heads=t.num_kv_heads, intermediate_size=t.intermediate_size, seed=args.seed,
-        )  # fmt: skip
-    else:
-        from rlvr.models.loading import load_model_and_tokenizer
-
-        model, tok = load_model_and_tokenizer(model_path(args.model))
+    model, tok = build_model(args.model, args.seed)
     chat = bool(getattr(tok, "chat_template", None))
     data = datasets.Dataset.from_dict(
         {
@@ -176,15 +165,6 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         "generate_s": gen_times,
         "peak_rss_gb": _peak_rss_gb(),
     }
-
-
-def model_path(name: str) -> str:
-    """The local directory of ``--model`` (``smollm2`` is converted on first use)."""
-    if name == "smollm2":
-        from rlvr.models.smollm2 import convert_smollm2
-
-        return str(convert_smollm2())
-    return name
 
 
 def summarise(result: dict[str, Any], warmup: int) -> dict[str, float]:
