@@ -1,4 +1,4 @@
-"""Command line: ``rlvr train | config show | methods | eval | report``.
+"""Command line: ``rlvr train | config show | methods | eval | report | checkpoint convert | model convert-smollm2``.
 
 Overrides are dotted ``key=value`` pairs (values parsed as YAML), e.g.
 ``rlvr train train.steps=20 algo.advantage=canon algo.regularizers=[siren]``.
@@ -7,11 +7,13 @@ Overrides are dotted ``key=value`` pairs (values parsed as YAML), e.g.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
-from rlvr.errors import RLVRError
+from rlvr.errors import Interrupted, RLVRError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +22,18 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="warm start + RL on the configured task (defaults run on a CPU in minutes)")
     train.add_argument("-c", "--config", help="YAML file or packaged preset name")
-    train.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in output_dir")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from its newest readable checkpoint, with its saved config.yaml "
+        "(overrides apply on top)",
+    )
+    train.add_argument("--overwrite", action="store_true", help="delete what output_dir holds and start a new run there")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: allow overrides that change the algorithm, the model or the batch shape",
+    )
     train.add_argument("--quiet", action="store_true")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides")
 
@@ -33,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list every registered method by stage, with its knobs")
     methods.add_argument("--markdown", action="store_true", help="print the docs/methods.md table")
+    methods.add_argument(
+        "--catalog", action="store_true", help="print src/rlvr/catalog.json (knobs the config is checked against)"
+    )
 
     _eval_parser(sub)
 
@@ -54,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     smol.add_argument("--cache-dir", default=None, help="default: $RLVR_CACHE or ~/.cache/rlvr")
     smol.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     smol.add_argument("--force", action="store_true", help="reconvert even if a converted copy exists")
+
+    ckpt = sub.add_parser("checkpoint", help="checkpoint tools")
+    ckpt_sub = ckpt.add_subparsers(dest="checkpoint_command", required=True)
+    convert = ckpt_sub.add_parser(
+        "convert", help="rewrite checkpoints of older rlvr versions (full pickles) in the safe, code-free form"
+    )
+    convert.add_argument("path", help="a state.pt, or a directory searched for them (e.g. a run directory)")
+    convert.add_argument(
+        "--trust", action="store_true", help="required: converting unpickles the old file, which runs any code in it"
+    )
     return parser
 
 
@@ -102,6 +128,8 @@ Default OUT: <run>/eval/<data> for a run's final_model, else eval_results/<model
     ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ev.add_argument("--overwrite", action="store_true", help="discard results already in OUT")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--trust-remote-code", action="store_true",
+                    help="run Python code shipped in the model directory (auto_map); only for a model you trust")
 
 
 def _task_args(items: list[str]) -> dict:
@@ -151,6 +179,7 @@ def _run_eval(args: argparse.Namespace, console: Console) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
         console=console,
+        trust_remote_code=args.trust_remote_code,
     )
     m = summary["metrics"]
     shown = ["accuracy", *[k for k in m if k.startswith(("pass@", "maj@"))], "length/mean", "entropy/mean",
@@ -204,20 +233,46 @@ def methods_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _train(args: argparse.Namespace) -> None:
+    """Config and run directory are checked before torch is imported, so their errors come at once."""
+    from pathlib import Path
+
+    from rlvr.errors import ConfigError
+    from rlvr.train.config import load_config, load_resume_config
+    from rlvr.train.run_dir import check_fresh_run_dir
+
+    if args.force and not args.resume:
+        raise ConfigError("--force only applies with --resume")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: --overwrite deletes the run --resume continues")
+    if args.resume:
+        cfg = load_resume_config(args.config, args.overrides, force=args.force)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if not args.resume:
+        check_fresh_run_dir(Path(cfg.output_dir), args.overwrite)
+
+    from transformers.utils import logging as hf_logging
+
+    from rlvr.train.trainer import Trainer
+
+    hf_logging.disable_progress_bar()
+    Trainer(cfg, quiet=args.quiet).run(resume=args.resume, overwrite=args.overwrite, force=args.force)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse leaves overrides that follow a flag (`train a=1 --quiet b=2`) unparsed: they are overrides too
+    flags = [x for x in extra if x.startswith("-")]
+    if flags or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     console = Console()
     try:
         if args.command == "train":
-            from transformers.utils import logging as hf_logging
-
-            from rlvr.train.config import load_config
-
-            hf_logging.disable_progress_bar()
-            from rlvr.train.trainer import Trainer
-
-            cfg = load_config(args.config, args.overrides)
-            Trainer(cfg, quiet=args.quiet).run(resume=args.resume)
+            _train(args)
         elif args.command == "config":
             from rlvr.train.config import dump_config, load_config, packaged_config_names
 
@@ -229,9 +284,20 @@ def main(argv: list[str] | None = None) -> int:
             from rlvr.models.smollm2 import convert_smollm2
 
             print(convert_smollm2(args.cache_dir, dtype=args.dtype, force=args.force))
+        elif args.command == "checkpoint":
+            from pathlib import Path
+
+            from rlvr.train.checkpoint import convert_checkpoint
+
+            converted = convert_checkpoint(Path(args.path), trust=args.trust)
+            console.print(f"converted {len(converted)} checkpoint(s)" + "".join(f"\n  {p}" for p in converted))
         elif args.command == "methods":
             if args.markdown:
                 print(methods_markdown(), end="")
+            elif args.catalog:
+                from rlvr.registry import catalog_json
+
+                print(catalog_json(), end="")
             else:
                 _methods(console)
         elif args.command == "eval":
@@ -245,9 +311,15 @@ def main(argv: list[str] | None = None) -> int:
                 for run_dir in args.run_dirs:
                     md = write_run_report(run_dir)
                     console.print(f"wrote {md} and {md.with_suffix('.html')}")
+    except Interrupted as exc:
+        console.print(f"[bold yellow]interrupted:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 128 + exc.signum
     except RLVRError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:
+        console.print("[bold yellow]interrupted[/] (the newest complete checkpoint, if any, is intact)", highlight=False)
+        return 128 + signal.SIGINT
     return 0
 
 

@@ -18,3 +18,11 @@ class UnknownNameError(ConfigError, KeyError):
 
 class MissingInputError(RLVRError, ValueError):
     """A method needs a field of the context that the caller did not fill."""
+
+
+class Interrupted(RLVRError):
+    """The run stopped on SIGINT/SIGTERM after saving a checkpoint; the CLI exits ``128 + signum``."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

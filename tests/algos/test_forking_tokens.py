@@ -86,6 +86,18 @@ def test_renormalize_makes_token_mean_a_mean_over_selected_tokens() -> None:
     assert run(make_ctx(agg_mode="seq-mean-token-mean", global_num_tokens=7.0)).metrics["forking/scale"] == 1.0
 
 
+def test_micro_batches_are_weighted_by_their_row_share() -> None:
+    # official dp_actor: each micro-batch's token-mean loss (mean over its selected tokens) is scaled by
+    # 1 / gradient_accumulation = its share of the mini-batch's rows before backward().
+    # This micro-batch: 2 of 4 rows (f = 0.5), 7 valid tokens of a 10-token mini-batch, selected losses 7, 8:
+    # contribution = 0.5 * (7 + 8) / 2 = 3.75; scale s = f * N_global / N_sel = 0.5 * 10 / 2 = 2.5
+    loss = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    out = run(make_ctx(agg_mode="token-mean", global_num_tokens=10.0, micro_batch_fraction=0.5))
+    assert out.metrics["forking/scale"] == pytest.approx(2.5)
+    got = aggregate(loss * out.weights, out.loss_mask, "token-mean", num_tokens=10.0)
+    assert float(got) == pytest.approx(3.75)
+
+
 def test_errors_and_empty_batch() -> None:
     with pytest.raises(ConfigError):
         run(make_ctx(), top_ratio=0.0)

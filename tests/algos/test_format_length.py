@@ -46,5 +46,7 @@ def test_format_length_search_pattern_and_errors() -> None:
     assert comp(ctx).tolist() == pytest.approx([0.1, 0.0])
     with pytest.raises(ConfigError, match="invalid pattern"):
         reward.build("format_length", {"pattern": "("})
-    with pytest.raises(ConfigError, match="unknown match"):
+    with pytest.raises(ConfigError, match="match: expected 'fullmatch' or 'search'"):
         reward.build("format_length", {"match": "prefix"})
+    with pytest.raises(ConfigError, match="unknown match 'prefix'"):  # the class checks too (direct use)
+        reward.get("format_length")(match="prefix")

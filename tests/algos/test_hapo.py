@@ -73,6 +73,9 @@ def test_hapo_mean_update_and_linear_variant() -> None:
     # h = 15: correct L 6 -> 1 - 6/15 = 0.6, x w_lr 2 = 1.2;  then h = (1*6 + 2*15)/3 = 12
     assert comp(ctx_of(["p"], [6], [True])).tolist() == pytest.approx([2.2])
     assert comp.state_dict() == {"history": {"p": 12.0}, "counts": {"p": 3}}
+    # the mean stays exact: (1 * 7 + 3 * 12) / 4 = 10.75 (the official int64 history would store 10)
+    comp(ctx_of(["p"], [7], [True]))
+    assert comp.state_dict() == {"history": {"p": 10.75}, "counts": {"p": 4}}
 
 
 def test_hapo_history_survives_checkpoint_round_trip() -> None:

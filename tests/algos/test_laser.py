@@ -50,5 +50,7 @@ def test_laser_default_target_and_metrics() -> None:
 
 
 def test_laser_bad_mode() -> None:
-    with pytest.raises(ConfigError, match="unknown mode 'bonus'"):
+    with pytest.raises(ConfigError, match="mode: expected 'reward', 'penalty' or 'hybrid'"):
         reward.build("laser", {"mode": "bonus"})
+    with pytest.raises(ConfigError, match="unknown mode 'bonus'"):  # the class checks too (direct use)
+        reward.get("laser")(mode="bonus")

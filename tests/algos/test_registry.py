@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+import typing
+from typing import Any, Callable, Literal, get_args
 
 import pytest
 import torch
 
 from rlvr.algos import REGISTRIES, AlgoContext, Component, Registry, advantage, policy_loss, regularizer
 from rlvr.errors import ConfigError, UnknownNameError
+from rlvr.registry import builtin_catalog, knob_specs, validate_knobs
+from rlvr.tasks.base import tasks
 
 
 @pytest.fixture()
@@ -130,3 +134,155 @@ def test_builtins_registered() -> None:
         response_mask=torch.ones(2, 1), rewards=torch.tensor([1.0, 0.0]), group_ids=torch.zeros(2)
     )
     assert advantage.build("dr_grpo")(ctx).flatten().tolist() == [0.5, -0.5]
+
+
+# --------------------------------------------------------------------------------------------------
+# Enum-like knobs are Literal[...] so that a wrong value fails when the config loads
+
+FREE_TEXT_KNOBS = {
+    ("advantage", "seed_grpo", "base"),  # registry names, checked when the base is built
+    ("advantage", "ucas", "base"),
+    ("policy_loss", "entropy_adv", "base"),
+    ("controller", "entropy_pid", "regularizer"),
+    ("reward", "budget_curriculum", "think_marker"),
+    ("reward", "pear", "think_marker"),
+    ("reward", "format_length", "pattern"),  # a regex
+    ("task", "arithmetic", "ops"),  # any non-empty subset of the operator characters
+    ("task", "countdown", "ops"),
+    ("task", "math_jsonl", "path"),
+    ("task", "math_jsonl", "heldout_path"),
+    ("task", "math_jsonl", "question_field"),
+    ("task", "math_jsonl", "answer_field"),
+    ("task", "math_jsonl", "solution_field"),
+    ("task", "math_jsonl", "prompt_template"),
+    ("task", "reasoning_gym", "dataset"),
+    ("task", "reasoning_gym", "prompt_template"),
+}
+"""Knobs that take free text; every other string knob must list its values in a ``Literal``."""
+
+
+def _live_knobs() -> list[tuple[str, str, Any]]:
+    """(stage, name, KnobSpec) of every built-in method and task (not the ones tests register)."""
+    registries = {**REGISTRIES, "task": tasks}
+    return [
+        (stage, name, spec)
+        for stage, reg in registries.items()
+        for name in reg.names()
+        if reg.entry(name).factory.__module__.startswith("rlvr.")
+        for spec in reg.specs(name)
+    ]
+
+
+def _literal_values(annotation: str) -> set[Any]:
+    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation text."""
+    hint = eval(annotation, {"Literal": Literal, "None": None})  # noqa: S307 - our own catalog text
+    values: set[Any] = set()
+    for arg in get_args(hint) if typing.get_origin(hint) is not Literal else (hint,):
+        if arg is type(None):
+            values.add(None)
+        else:
+            assert typing.get_origin(arg) is Literal, annotation
+            values.update(get_args(arg))
+    return values
+
+
+def test_string_knobs_are_literal_or_free_text() -> None:
+    plain = {"str", "str | None", "Optional[str]"}
+    untyped = sorted(
+        (stage, name, spec.name) for stage, name, spec in _live_knobs() if spec.annotation in plain
+    )
+    assert [k for k in untyped if k not in FREE_TEXT_KNOBS] == [], "annotate enum-like knobs with Literal[...]"
+    assert set(untyped) == FREE_TEXT_KNOBS, "stale entries in FREE_TEXT_KNOBS"
+    literal = [(stage, name, spec) for stage, name, spec in _live_knobs() if "Literal[" in spec.annotation]
+    assert len(literal) >= 25  # the aliases (GrpoScale, ...) are written out, not left as names
+    catalog = builtin_catalog()["stages"]
+    for stage, name, spec in literal:
+        values = _literal_values(spec.annotation)
+        assert spec.default in values, (stage, name, spec.name)
+        assert len(values - {None}) >= 2, (stage, name, spec.name)
+        if stage != "task":  # the catalog (checked before torch loads) holds the same resolvable text
+            described = {"name": spec.name, "annotation": spec.annotation, "default": spec.default}
+            assert described in catalog[stage][name]["knobs"]
+        where = f"{stage}.{name}"
+        assert validate_knobs(stage, name, [spec], {spec.name: spec.default}, where) == {spec.name: spec.default}
+        with pytest.raises(ConfigError, match=rf"^{where}\.{spec.name}: expected "):
+            validate_knobs(stage, name, [spec], {spec.name: "no-such-value"}, where)
+
+
+Mode = Literal["a", "b"]
+
+
+def test_literal_alias_names_are_written_out() -> None:
+    def method(ctx: Any, *, mode: Mode = "a", maybe: Mode | None = None, text: str = "Mode") -> None:
+        del ctx
+
+    specs = {s.name: s.annotation for s in knob_specs(method)}
+    assert specs == {"mode": "Literal['a', 'b']", "maybe": "Literal['a', 'b'] | None", "text": "str"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo.advantage.scale=bogus"], r"algo\.advantage\.scale: expected 'group' or 'batch' \(got 'bogus'\)"),
+        (
+            ["task=reasoning_gym", "task.kwargs.extract=bogus"],
+            r"task\.kwargs\.extract: expected 'boxed', 'answer_tag', 'first_line' or 'raw' \(got 'bogus'\)",
+        ),
+        (
+            ["task=math_jsonl", "task.kwargs.path=x.jsonl", "task.kwargs.answer_format=gsm9k"],
+            r"task\.kwargs\.answer_format: expected 'plain', 'boxed' or 'gsm8k' \(got 'gsm9k'\)",
+        ),
+        (
+            ["algo.reward_shaping=[{name: hapo, kwargs: {variant: cosin}}]"],
+            r"algo\.reward_shaping\[0\]\.variant: expected 'cosine' or 'linear' \(got 'cosin'\)",
+        ),
+        (
+            ["algo.advantage=seed_grpo", "algo.advantage.estimator=entropy"],
+            r"algo\.advantage\.estimator: expected 'cluster_mean' or 'shannon' \(got 'entropy'\)",
+        ),
+    ],
+)
+def test_config_rejects_unknown_knob_value(overrides: list[str], message: str) -> None:
+    from rlvr.train.config import load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_kl_kinds_match_their_literal() -> None:
+    from rlvr.algos.kl import KL_KINDS, KlKind
+
+    assert tuple(KL_KINDS) == get_args(KlKind)
+
+
+def _helper_calls() -> list[tuple[str, Callable[[str], Any]]]:
+    from rlvr.algos import budget_curriculum, drpo, format_length, laser, laser_d, seed_grpo, steer, ucas
+    from rlvr.tasks import gym, math
+
+    ones, mask = torch.ones(2), torch.ones(2, 2)
+    return [
+        ("fn", lambda v: seed_grpo.scale_factor(0.5, v)),
+        ("missing", lambda v: seed_grpo.cluster_sizes(["1", None], v)),
+        ("estimator", lambda v: seed_grpo.semantic_entropy([1, 1], v)),
+        ("certainty_agg", lambda v: ucas.response_certainty(mask, mask, v)),
+        ("logit_norm", lambda v: ucas.minmax_normalise(mask, mask, v)),
+        ("kl_type", lambda v: drpo.kl_estimate(mask, mask, mask, v)),
+        ("mode", lambda v: steer.steer_weights(mask, mask, mode=v, w_min=0.8, w_max=1.2)),
+        ("schedule", lambda v: budget_curriculum.budget_at(0, 256.0, 0.7, 50, v)),
+        ("match", lambda v: format_length.format_ok(["x"], re.compile("x"), v)),
+        ("mode", lambda v: laser.laser_term(ones, ones, 1.0, 0.5, v)),
+        ("round_method", lambda v: laser_d.lower_n("high", 8, v)),
+        ("round_method", lambda v: laser_d.choose_targets([1], ["high"], [1], 8, 4, 1, v)),
+        ("extract", lambda v: gym.extract_answer("x", v)),
+        ("answer_format", lambda v: math.reference_answer("x", v)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(14))
+def test_helpers_reject_unknown_choice(index: int) -> None:
+    """The pure helpers used to treat an unknown value as their else-branch (e.g. focal, linear)."""
+    calls = _helper_calls()
+    assert len(calls) == 14
+    knob, call = calls[index]
+    with pytest.raises(ConfigError, match=rf"{knob}.*'bogus'"):
+        call("bogus")

@@ -45,10 +45,10 @@ def keep_lists(mask: torch.Tensor) -> list[list[int]]:
     return [torch.nonzero(row).flatten().tolist() for row in mask]
 
 
-# H_sel over the example (rows E, F select nothing and leave the mean):
-#   A: 0.9, B: 0.8, C: 3.0, D: (0.9 + 1.0) / 2 = 0.95 -> H_sel = (0.9 + 0.8 + 3.0 + 0.95) / 4 = 5.65 / 4
-H_SEL = 5.65 / 4  # 1.4125
-N_SEL_ROWS = 4
+# H_sel over the example (rows E, F select nothing: they count as 0 and the mean is over all 6 rows,
+# as the official seq-mean-token-mean):
+#   A: 0.9, B: 0.8, C: 3.0, D: (0.9 + 1.0) / 2 = 0.95 -> H_sel = (0.9 + 0.8 + 3.0 + 0.95 + 0 + 0) / 6
+H_SEL = 5.65 / 6  # 0.9416667
 SEL_COUNTS = [1, 1, 1, 2, 0, 0]
 FRAC = 5 / 26  # 5 selected of 5 + 4 + 3 + 10 + 4 + 0 = 26 valid tokens
 
@@ -120,7 +120,7 @@ def test_applying_the_mask_twice_changes_nothing() -> None:
 def test_selected_entropy_value() -> None:
     entropy, mask = example()
     h_sel, sel = selected_entropy(entropy, mask)
-    assert h_sel.item() == pytest.approx(H_SEL)  # 1.4125
+    assert h_sel.item() == pytest.approx(H_SEL)  # 0.9416667
     assert sel.sum(-1).tolist() == SEL_COUNTS
 
 
@@ -137,22 +137,22 @@ def test_siren_loss_and_gradient_by_hand() -> None:
     siren.load_state_dict({"anchor": 0.5})
     leaf = entropy.clone().requires_grad_(True)
     out = siren(siren_ctx(leaf, mask, frac=0.5))
-    # loss = c (H_sel - a)^2 f = 0.005 * (1.4125 - 0.5)^2 * 0.5 = 0.005 * 0.83265625 * 0.5 = 0.0020816406
-    assert out.loss.item() == pytest.approx(0.0020816406, rel=1e-6)
+    # loss = c (H_sel - a)^2 f = 0.005 * (0.9416667 - 0.5)^2 * 0.5 = 0.005 * 0.1950694 * 0.5 = 0.00048767361
+    assert out.loss.item() == pytest.approx(0.00048767361, rel=1e-6)
     out.loss.backward()
-    # dL/dH_{i,t} = 2 c f (H_sel - a) * s_{i,t} / (B' n_i) = 2 * 0.005 * 0.5 * 0.9125 / (4 n_i)
-    #             = 0.0045625 / (4 n_i): n_i = 1 -> 0.001140625; n_i = 2 -> 0.0005703125
+    # dL/dH_{i,t} = 2 c f (H_sel - a) * s_{i,t} / (B n_i) = 2 * 0.005 * 0.5 * 0.4416667 / (6 n_i)
+    #             = 0.0022083333 / (6 n_i): n_i = 1 -> 0.00036805556; n_i = 2 -> 0.00018402778
     grad = leaf.grad
     assert grad is not None
     expected = torch.zeros_like(entropy)
-    expected[0, 1] = expected[1, 3] = expected[2, 2] = 0.001140625
-    expected[3, 2] = expected[3, 9] = 0.0005703125
+    expected[0, 1] = expected[1, 3] = expected[2, 2] = 0.00036805556
+    expected[3, 2] = expected[3, 9] = 0.00018402778
     torch.testing.assert_close(grad, expected, atol=1e-9, rtol=1e-6)
     assert out.metrics["siren/selected_entropy"] == pytest.approx(H_SEL)
     assert out.metrics["siren/anchor"] == 0.5
     assert out.metrics["siren/frac_selected"] == pytest.approx(FRAC)
     # the metric is the value before the share f (the trainer's weighted average restores it)
-    assert out.metrics["siren/loss"] == pytest.approx(0.0041632813, rel=1e-6)
+    assert out.metrics["siren/loss"] == pytest.approx(0.00097534722, rel=1e-6)
 
 
 def test_siren_anchor_set_once_and_held() -> None:
@@ -175,14 +175,14 @@ def test_siren_anchor_set_once_and_held() -> None:
 def test_siren_state_dict_round_trip() -> None:
     entropy, mask = example()
     first = regularizer.build("siren", {"coef": 0.01})
-    first.prepare(siren_ctx(entropy, mask, old=entropy * 0.5))  # anchor = 0.70625
+    first.prepare(siren_ctx(entropy, mask, old=entropy * 0.5))  # anchor = 5.65 / 12 = 0.4708333
     state = first.state_dict()
-    assert state == {"anchor": pytest.approx(0.70625)}
+    assert state == {"anchor": pytest.approx(5.65 / 12)}
     second = regularizer.build("siren", {"coef": 0.01})
     second.load_state_dict(state)
     assert second.state_dict() == state
-    # restored anchor works without a prepare: 0.01 * (1.4125 - 0.70625)^2 = 0.0049878906
-    assert second(siren_ctx(entropy, mask)).loss.item() == pytest.approx(0.0049878906, rel=1e-6)
+    # restored anchor works without a prepare: 0.01 * (0.9416667 - 0.4708333)^2 = 0.0022168403
+    assert second(siren_ctx(entropy, mask)).loss.item() == pytest.approx(0.0022168403, rel=1e-6)
     # and is not overwritten by the next prepare
     second.prepare(siren_ctx(entropy, mask, old=entropy))
     assert second.state_dict() == state
@@ -222,9 +222,9 @@ def test_siren_wo_topp_uses_full_entropy() -> None:
     assert reg.requires == frozenset({"entropy", "old_entropy"})
     ctx = AlgoContext(response_mask=mask, entropy=entropy, old_entropy=entropy * 0.5)
     metrics = reg.prepare(ctx)
-    # anchor = H_sel(0.5 H) = 0.70625; loss = 0.005 * (1.4125 - 0.70625)^2 = 0.005 * 0.4987890625
-    assert metrics["siren/anchor"] == pytest.approx(0.70625)
-    assert reg(ctx).loss.item() == pytest.approx(0.0024939453, rel=1e-6)
+    # anchor = H_sel(0.5 H) = 0.4708333; loss = 0.005 * (0.9416667 - 0.4708333)^2 = 0.005 * 0.2216840
+    assert metrics["siren/anchor"] == pytest.approx(5.65 / 12)
+    assert reg(ctx).loss.item() == pytest.approx(0.0011084201, rel=1e-6)
     with pytest.raises(MissingInputError, match="entropy"):
         reg(siren_ctx(entropy, mask))  # top-p fields only
 
@@ -236,13 +236,13 @@ def test_siren_wo_anchor_is_selective_bonus() -> None:
     assert reg.prepare(AlgoContext(response_mask=mask)) == {}  # no old entropy needed
     leaf = entropy.clone().requires_grad_(True)
     out = reg(siren_ctx(leaf, mask, frac=0.5))
-    # -c H_sel f = -0.005 * 1.4125 * 0.5 = -0.00353125
-    assert out.loss.item() == pytest.approx(-0.00353125, rel=1e-6)
+    # -c H_sel f = -0.005 * 0.9416667 * 0.5 = -0.0023541667
+    assert out.loss.item() == pytest.approx(-0.0023541667, rel=1e-6)
     out.loss.backward()
-    # dL/dH = -c f / (B' n_i) = -0.0025 / (4 n_i): -0.000625 (n_i = 1), -0.0003125 (n_i = 2)
+    # dL/dH = -c f / (B n_i) = -0.0025 / (6 n_i): -0.00041666667 (n_i = 1), -0.00020833333 (n_i = 2)
     assert leaf.grad is not None
-    assert leaf.grad[0, 1].item() == pytest.approx(-0.000625)
-    assert leaf.grad[3, 9].item() == pytest.approx(-0.0003125)
+    assert leaf.grad[0, 1].item() == pytest.approx(-0.00041666667)
+    assert leaf.grad[3, 9].item() == pytest.approx(-0.00020833333)
     assert leaf.grad[4].abs().sum().item() == 0.0
 
 
@@ -296,10 +296,10 @@ def test_siren_micro_batches_average_like_the_official_accumulation() -> None:
     # two micro-batches of 3 responses (f = 3/6 = 0.5 each); the official actor adds
     # loss_k * len(micro_k) / mini_batch_size, i.e. sum_k 0.5 * c (H_sel,k - a)^2
     #   rows A, B, C: H_sel,1 = (0.9 + 0.8 + 3.0) / 3 = 4.7 / 3
-    #   rows D, E, F: H_sel,2 = 0.95 (E and F select nothing)
-    #   c = 0.005, a = 0.5: 0.5 * 0.005 * ((4.7/3 - 0.5)^2 + 0.45^2)
-    #   (4.7/3 - 0.5)^2 = (3.2/3)^2 = 10.24/9 = 1.1377778
-    #                     = 0.0025 * (1.1377778 + 0.2025) = 0.0033506944
+    #   rows D, E, F: H_sel,2 = (0.95 + 0 + 0) / 3 = 0.3166667 (E and F select nothing)
+    #   c = 0.005, a = 0.5: 0.5 * 0.005 * ((4.7/3 - 0.5)^2 + (0.95/3 - 0.5)^2)
+    #   (4.7/3 - 0.5)^2 = (3.2/3)^2 = 10.24/9 = 1.1377778; (0.55/3)^2 = 0.3025/9 = 0.0336111
+    #                     = 0.0025 * (1.1377778 + 0.0336111) = 0.0029284722
     entropy, mask = example()
     siren = regularizer.build("siren", {})
     siren.load_state_dict({"anchor": 0.5})
@@ -309,4 +309,29 @@ def test_siren_micro_batches_average_like_the_official_accumulation() -> None:
         micro = full.select(rows)
         micro.micro_batch_fraction = 0.5
         total += siren(micro).loss.item()
-    assert total == pytest.approx(0.0033506944, rel=1e-6)
+    assert total == pytest.approx(0.0029284722, rel=1e-6)
+
+
+def test_rows_without_selected_token_count_as_zero() -> None:
+    # official seq-mean-token-mean (Linn3a/siren core_algos.agg_loss): a row whose peak mask is empty
+    # contributes 0 and the mean still divides by all B rows.
+    # Rows A (selects 0.9) and E (all 0.3, selects nothing): H_sel = (0.9 + 0) / 2 = 0.45
+    entropy, mask = example()
+    rows = torch.tensor([0, 4])
+    h_sel, _ = selected_entropy(entropy[rows], mask[rows])
+    assert h_sel.item() == pytest.approx(0.45)
+    siren = regularizer.build("siren", {"coef": 0.005})
+    metrics = siren.prepare(siren_ctx(entropy[rows], mask[rows], old=entropy[rows]))
+    assert metrics["siren/anchor"] == pytest.approx(0.45)  # the anchor uses the same mean
+    # current H_sel = 0.45 * 2 = 0.9: loss = 0.005 * (0.9 - 0.45)^2 = 0.005 * 0.2025 = 0.0010125
+    leaf = (entropy[rows] * 2).requires_grad_(True)
+    out = siren(siren_ctx(leaf, mask[rows]))
+    assert out.loss.item() == pytest.approx(0.0010125)
+    out.loss.backward()
+    # dL/dH_{A,1} = 2 c (H_sel - a) / (B n_A) = 2 * 0.005 * 0.45 / (2 * 1) = 0.00225
+    assert leaf.grad is not None and leaf.grad[0, 1].item() == pytest.approx(0.00225)
+    # a micro-batch that selects nothing: H_sel = 0, loss c (0 - a)^2 f, no gradient
+    flat = torch.full((2, 4), 0.3, requires_grad=True)
+    empty = siren(siren_ctx(flat, torch.ones(2, 4), frac=0.5))
+    assert empty.loss.item() == pytest.approx(0.005 * 0.45**2 * 0.5)
+    assert empty.metrics["siren/selected_entropy"] == 0.0

@@ -1,4 +1,4 @@
-"""UCAS (arXiv 2510.10649): a python-loop reference of methods.md section 4.5 and hand-checked cases."""
+"""UCAS (arXiv 2510.10649): a python-loop reference of the official advantage and hand-checked cases."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def make_ctx(rewards, groups, certainty, raw, mask) -> AlgoContext:
 
 
 def reference(rewards, groups, certainty, raw, mask, *, bp=0.25, bn=0.35, pen=0.05, eps=1e-6):
-    """methods.md 4.5 with python loops: GRPO A, summed certainty z-scored per group, batch min-max of raw logits."""
+    """xvolcano02/UCAS compute_ucas_advantage with python loops: GRPO A, summed certainty z-scored per group,
+    batch min-max of raw logits."""
     n, t_len = len(rewards), len(mask[0])
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups):

@@ -37,6 +37,30 @@ def test_hand_computed_three_token_vocab() -> None:
     assert plain.tolist() == pytest.approx([math.log(4 / 6.05), math.log(2 / 6.05), math.log(0.05 / 6.05)], abs=1e-6)
 
 
+def test_filter_uses_the_raw_logits_then_the_temperature() -> None:
+    # official apply_min_p (CarlanLark/Lp-Reg-dev verl/workers/actor/dp_actor.py) filters the raw logits,
+    # then the forward divides them by T. Logits l = [0, -1, -3]: raw p_v / p_max = [1, 0.368, 0.050].
+    hidden = torch.tensor([[0.0, -1.0, -3.0]] * 3)
+    weight = torch.eye(3)
+    targets = torch.tensor([0, 1, 2])
+    # T = 0.5, kappa = 0.2: raw keeps tokens 0, 1; the scaled ratios [1, 0.135, 0.002] would keep token 0 only.
+    # z' = [0, -2, -1e4 / 0.5]; lse = log(1 + e^-2) = 0.126928
+    got = chunked_minp_logprobs(hidden, weight, targets, kappa=0.2, temperature=0.5, chunk_size=2)
+    lse = math.log(1.0 + math.exp(-2.0))
+    assert got[0].item() == pytest.approx(-lse, abs=1e-6)  # -0.126928
+    assert got[1].item() == pytest.approx(-2.0 - lse, abs=1e-6)  # -2.126928
+    assert got[2].item() == pytest.approx(FILTERED_LOGIT / 0.5 - lse, abs=1e-2)  # -20000.127
+    # T = 2, kappa = 0.2: raw keeps tokens 0, 1 (0.050 < 0.2); the scaled ratios [1, 0.607, 0.223] would keep
+    # token 2 as well. z' = [0, -0.5, -1e4 / 2]; lse = log(1 + e^-0.5) = 0.474077
+    got = chunked_minp_logprobs(hidden, weight, targets, kappa=0.2, temperature=2.0)
+    lse = math.log(1.0 + math.exp(-0.5))
+    assert got[0].item() == pytest.approx(-lse, abs=1e-6)  # -0.474077
+    assert got[1].item() == pytest.approx(-0.5 - lse, abs=1e-6)  # -0.974077
+    assert got[2].item() == pytest.approx(FILTERED_LOGIT / 2.0 - lse, abs=1e-2)  # -5000.474
+    ref = naive_minp_logprobs(hidden, targets, kappa=0.2, temperature=2.0)
+    assert torch.allclose(got, ref, atol=1e-3)
+
+
 @pytest.mark.parametrize(("chunk", "temperature", "kappa"), [(1, 1.0, 0.02), (7, 0.7, 0.1), (64, 1.3, 0.5), (5, 1.0, 1.0)])
 def test_matches_naive(chunk: int, temperature: float, kappa: float) -> None:
     hidden, weight, targets = _inputs(37, 16, 503)

@@ -106,6 +106,28 @@ def test_crossing_token_is_excluded() -> None:
     assert h.item() == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cumulative_mass_equal_to_p_excludes_the_token_that_reaches_it(dtype: torch.dtype) -> None:
+    """A cumulative mass exactly ``p`` (dyadic probs, so the cumsum is exact): that token is out.
+
+    The definition keeps the ranks whose cumulative probability is strictly below ``p``
+    (``searchsorted`` left side). probs (0.5, 0.25, 0.25), p = 0.75: c = (0.5, 0.75, 1.0), so
+    S = {0.5} and H = 0 (keeping the 0.25 that reaches 0.75 would give
+    ``log 3 - (2/3) log 2 = 0.6365``). probs (0.25, 0.25, 0.25, 0.125, 0.125), p = 0.75:
+    c = (0.25, 0.5, 0.75, ...), so S = the first two 0.25s, q = (1/2, 1/2), H = log 2
+    (not log 3).
+    """
+    for probs, expected in (([0.5, 0.25, 0.25], 0.0), ([0.25, 0.25, 0.25, 0.125, 0.125], math.log(2))):
+        hidden = torch.tensor([probs], dtype=dtype).log().requires_grad_()  # identity head: logits = log(probs)
+        weight = torch.eye(len(probs), dtype=dtype).requires_grad_()
+        sorted_probs = torch.softmax(hidden @ weight.t(), -1).sort(descending=True).values
+        assert (sorted_probs.cumsum(-1) == 0.75).any()  # the boundary case really is exact
+        h, _ = chunked_top_p_entropy(hidden, weight, p=0.75)
+        assert abs(h.item() - expected) <= 1e-6, probs
+        ref, _ = naive_top_p_entropy(hidden.detach() @ weight.detach().t(), p=0.75)
+        assert abs(ref.item() - expected) <= 1e-6, probs
+
+
 def test_ties_at_the_boundary() -> None:
     """probs (0.2, 0.4, 0.2, 0.2), p = 0.7: S = {0.4, one 0.2}; ties go to the lowest vocab id like the oracle."""
     hidden, weight = _head_from_probs([0.2, 0.4, 0.2, 0.2])

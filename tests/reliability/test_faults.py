@@ -63,8 +63,8 @@ def overrides(fast_overrides):
     return lambda *extra: [*fast_overrides, *extra]
 
 
-def test_nan_loss_skips_the_update_and_training_continues(overrides):
-    cfg = load_config(None, overrides("train.steps=3", "algo.policy_loss=test_nan_on_steps"))
+def test_nan_loss_skips_the_update_and_training_continues(overrides, informative):
+    cfg = load_config(None, overrides(*informative.overrides, "train.steps=3", "algo.policy_loss=test_nan_on_steps"))
     trainer = Trainer(cfg, quiet=True)
     params_before_step2 = {}
 
@@ -81,9 +81,12 @@ def test_nan_loss_skips_the_update_and_training_continues(overrides):
     records = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
     assert [r.get("train/skipped_updates") for r in records[1:]] == [0, 1, 0]
     assert records[-1]["step"] == 3
+    informative.assert_learning([records[1], records[3]])  # the other steps' updates are not zero
     # the skipped step left the weights untouched (checked via the step-2 checkpoint vs the snapshot)
     state = torch.load(Path(cfg.output_dir) / "checkpoints/step_000002/state.pt", weights_only=False)["model"]
     assert all(torch.equal(state[k], params_before_step2[k]) for k in state)
+    after = torch.load(Path(cfg.output_dir) / "checkpoints/step_000003/state.pt", weights_only=False)["model"]
+    assert any(not torch.equal(after[k], state[k]) for k in state)  # and the next step updated them again
 
 
 def test_consecutive_nan_steps_stop_with_a_clear_error_and_keep_checkpoints(overrides):
@@ -126,15 +129,23 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(overrides):
     assert path.name == "step_000002" and state["step"] == 2
 
 
+_CLI_WITH_TEST_TASKS = (
+    "import sys; sys.path.insert(0, {tests!r}); import conftest; from rlvr.cli import main; sys.exit(main())"
+)
+"""``rlvr`` in a child process that first imports tests/conftest.py, so the test tasks are registered."""
+
+
 def _cli(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "rlvr.cli", "train", "--quiet", *args], env=env)
+    boot = _CLI_WITH_TEST_TASKS.format(tests=str(Path(__file__).resolve().parents[1]))
+    return subprocess.Popen([sys.executable, "-c", boot, "train", "--quiet", *args], env=env)
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, fast):
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, fast, informative):
     base = [
         *fast,
+        *informative.overrides,  # a reward that varies within groups: real updates and AdamW moments
         "train.steps=6",
         "train.checkpoint_every=1",
         "eval.every=3",
@@ -159,6 +170,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, fast):
     volatile = ("time/", "throughput/")
     a = [{k: v for k, v in r.items() if not k.startswith(volatile)} for r in read_metrics(tmp_path / "a/metrics.jsonl")]
     b = [{k: v for k, v in r.items() if not k.startswith(volatile)} for r in read_metrics(tmp_path / "b/metrics.jsonl")]
+    informative.assert_learning(a)
     assert a == b
     sa = torch.load(tmp_path / "a/checkpoints/step_000006/state.pt", weights_only=False)
     sb = torch.load(tmp_path / "b/checkpoints/step_000006/state.pt", weights_only=False)

@@ -7,7 +7,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rlvr.errors import RLVRError
@@ -59,6 +59,8 @@ overrides = st.lists(st.tuples(keys, yaml_scalars).map(lambda kv: f"{kv[0]}={kv[
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(overrides)
+@example(["function-=0"])  # once an IndexError inside the validation-error formatter
+@example(["function-after[x]=1", "algo.policy_loss.clip_high=abc"])
 def test_fuzzed_overrides_either_load_or_raise_a_config_error(items):
     try:
         load_config(None, items)

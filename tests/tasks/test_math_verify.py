@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -159,18 +162,114 @@ def test_math500_boxed_solution_matches_answer() -> None:
     assert len(failures) <= 0.01 * len(data)
 
 
-@needs_data
-def test_minerva_boxed_solution_verifies_against_itself() -> None:
+DECIMAL = re.compile(r"-?\d+(\.\d+)?")
+"""A plain decimal Minerva answer (``1.6``, ``-10``); e-notation ones are handled apart (see below)."""
+
+
+def minerva_answers() -> list[str]:
+    """The cleaned boxed answer of every Minerva solution (at most 1% of the rows have no box)."""
     data = rows("minerva_math.jsonl")
     boxed = [extract_boxed(r["solution"]) for r in data]
-    missing = [r["solution"][-80:] for r, b in zip(data, boxed) if b is None]
-    answers = [clean_answer(b) for b in boxed if b is not None]
-    start = time.perf_counter()
-    results = verify_all([(a, a) for a in answers])
-    elapsed = time.perf_counter() - start
-    failures = [a for a, ok in zip(answers, results) if not ok]
-    print(f"minerva: {len(answers) - len(failures)}/{len(data)} verified in {elapsed:.1f} s; no box: {missing}; failures: {failures}")
-    assert len(failures) + len(missing) <= 0.01 * len(data)
+    assert sum(b is None for b in boxed) <= 0.01 * len(data)
+    return [clean_answer(b) for b in boxed if b is not None]
+
+
+def as_fraction(decimal: str) -> str:
+    """``1.25`` -> ``\\frac{5}{4}``: the same value, written differently."""
+    value = Fraction(Decimal(decimal))
+    return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def as_scientific(decimal: str) -> str:
+    """``1.25`` -> ``125 \\times 10^{-2}``: the same value, written differently."""
+    sign, digits, exponent = Decimal(decimal).as_tuple()
+    return f"{'-' if sign else ''}{''.join(map(str, digits))} \\times 10^{{{exponent}}}"
+
+
+def doubled(decimal: str) -> str:
+    """A wrong value: twice ``decimal`` (1 for 0)."""
+    value = Decimal(decimal)
+    return str(2 * value) if value else "1"
+
+
+MINERVA_REWRITES = [
+    ("\\frac{\\pi}{2}", "\\pi/2"),
+    ("1+\\sqrt{3} i", "i\\sqrt{3}+1"),
+    ("-t^2 - t - 3", "-(t^2+t+3)"),
+    ("\\frac{1}{s+a}", "(a+s)^{-1}"),
+    ("2 \\pi / \\omega", "\\frac{2\\pi}{\\omega}"),
+    ("e^{t} / 3", "\\frac{1}{3}e^{t}"),
+    ("\\frac{1}{4p^2}", "0.25 p^{-2}"),
+    ("100 p^{\\frac{1}{2}}", "100\\sqrt{p}"),
+    ("s^{2}+\\omega^{2}", "\\omega^2+s^2"),
+    ("\\frac{1}{s}-\\frac{1}{s} e^{-s T}", "\\frac{1-e^{-sT}}{s}"),
+    ("\\frac{1}{b-a}\\left(e^{-a t}-e^{-b t}\\right)", "\\frac{e^{-at}-e^{-bt}}{b-a}"),
+    ("\\frac{1}{L C s^{2}+R C s+1}", "\\frac{1}{1+RCs+LCs^2}"),
+    ("-2+2 \\sqrt{3} i", "2(\\sqrt{3}i-1)"),
+    ("\\frac{t}{4} \\sin (2 t)", "\\frac{t\\sin(2t)}{4}"),
+    ("2.2 \\tau", "\\frac{11\\tau}{5}"),
+    ("\\frac{\\cos (2 t)}{15}", "\\cos(2t)/15"),
+]
+"""(Minerva reference answer, the same expression written differently by hand)."""
+
+MINERVA_MISREAD = {
+    "4.5e33": "e-notation is read as 4.5 * e * 33 (Euler's e); 58 of the 272 references are written so",
+    "-1./3": "Python-style '1./3' is cut at the '.': read as -1",
+    "-3./2": "read as -3",
+    "\\frac{1}{m} t": "read as 1/m",
+    "\\hbar \\omega(v+1 / 2)-\\frac{E_{0}^{2} e^{2}}{2 m \\omega^{2}}": "accepts the answer plus 1",
+}
+"""Minerva references math-verify misreads (bugs: test_minerva_misread_references_are_known_bugs)."""
+
+
+@needs_data
+def test_minerva_answers_verify_when_written_differently() -> None:
+    """Equal, differently written answers verify (string equality would reject every one of them)."""
+    answers = minerva_answers()
+    decimals = [a for a in answers if DECIMAL.fullmatch(a)]
+    assert len(decimals) > 100
+    assert {gold for gold, _ in MINERVA_REWRITES} <= set(answers)
+    pairs = [(f"so the final answer is $\\boxed{{{a}}}$.", a) for a in answers]
+    pairs += [(as_fraction(a), a) for a in decimals] + [(as_scientific(a), a) for a in decimals]
+    pairs += [(other, gold) for gold, other in MINERVA_REWRITES]
+    assert all(response != reference for response, reference in pairs)
+    results = verify_all(pairs)
+    rejected = [pair for pair, ok in zip(pairs, results) if not ok]
+    print(f"minerva: {len(pairs) - len(rejected)}/{len(pairs)} equal forms verified; rejected: {rejected}")
+    assert not rejected
+
+
+@needs_data
+def test_minerva_wrong_answers_fail() -> None:
+    """Wrong values (doubled numbers, ``+ 1`` on any answer, hand rewrites made wrong) are rejected."""
+    answers = minerva_answers()
+    decimals = [a for a in answers if DECIMAL.fullmatch(a)]
+    pairs = [(doubled(a), a) for a in decimals]
+    pairs += [(f"{a}+1", a) for a in answers if a not in MINERVA_MISREAD]
+    pairs += [(f"{other}+1", gold) for gold, other in MINERVA_REWRITES]
+    pairs += [(f"2({other})", gold) for gold, other in MINERVA_REWRITES]
+    assert set(MINERVA_MISREAD) <= set(answers)
+    results = verify_all(pairs)
+    accepted = [pair for pair, ok in zip(pairs, results) if ok]
+    print(f"minerva: wrong answers accepted: {accepted}")
+    assert not accepted
+
+
+@pytest.mark.xfail(strict=True, reason="bug: math-verify misreads Minerva's reference (MINERVA_MISREAD)")
+@pytest.mark.parametrize(
+    ("response", "reference", "expected"),
+    [
+        ("4.5 \\times 10^{33}", "4.5e33", True),
+        ("4.5e33", "4.5 \\times 10^{33}", True),  # the same misreading on the response side
+        ("-1.5", "-3./2", True),
+        ("-3", "-3./2", False),
+        ("-\\frac{1}{3}", "-1./3", True),
+        ("t/m", "\\frac{1}{m} t", True),
+        ("\\frac{1}{m}", "\\frac{1}{m} t", False),
+    ],
+)
+def test_minerva_misread_references_are_known_bugs(response: str, reference: str, expected: bool) -> None:
+    assert verify_math(response, reference) is expected
 
 
 @needs_data

@@ -1,4 +1,10 @@
-"""Every built-in method runs one step inside the real trainer with default knobs and a finite loss."""
+"""Every built-in method runs inside the real trainer with default knobs (EXTRA: where a knob must
+change for it to act on this tiny setting), on a reward that varies within groups: a finite loss,
+a gradient well above zero, and a last update that differs from plain GRPO's (same seed, so the
+same rollouts up to the first difference) unless SAME_UPDATE lists it with the reason.
+
+Methods that equal GRPO on an on-policy first update (identity at ratio 1 or at initialisation)
+are compared under a SETTING where they act: a second PPO epoch or a second step."""
 
 from __future__ import annotations
 
@@ -23,7 +29,25 @@ SLOT = {
 EXTRA = {
     "drpo": ["train.shuffle=groups", "train.micro_batch_size=16"],
     "entropy_pid": ["algo.controllers=[{name: entropy_pid, target: 0.5}]", "algo.regularizers=[entropy_bonus]"],
+    # knobs that make the method act on 16 responses of at most 8 tokens
+    "clip_cov": ["algo.policy_loss.clip_ratio=0.2", "algo.policy_loss.cov_low=-10.0"],
+    # at min_p 0.02 a near-uniform policy is its own min-p proxy (no token selected)
+    "lp_reg": ["algo.policy_loss.neg_ratio=1.0", "algo.policy_loss.min_p=0.3"],
+    "kl": ["algo.regularizers=[{name: kl, coef: 0.1}]"],
+    "laser": ["algo.reward_shaping.0.target_length=7"],
+    "laser_d": ["algo.reward_shaping.0.target_length=7"],
+    "laser_de": ["algo.reward_shaping.0.target_length=7"],
+    "budget_curriculum": ["algo.reward_shaping.0.b0=6"],
 }
+SETTING = {
+    "gspo": ("train.ppo_epochs=2",),  # first update at ratio 1 = PPO-clip's; the second clips per sequence
+    "kl_cov": ("train.ppo_epochs=2",),  # beta |log r| has zero gradient at r = 1
+    "cispo": ("train.ppo_epochs=2", "train.lr=0.05"),  # equals PPO-clip's gradient until PPO clips
+    "kl": ("train.ppo_epochs=2",),  # k3 to the reference has zero gradient while the policy is the reference
+    "siren": ("train.steps=2",),  # the anchor is the first step's entropy: no penalty before step 2
+    "siren_wo_topp": ("train.steps=2",),
+}
+"""Run shapes a method is compared under (its reference run uses them too); the last updates are compared."""
 
 
 def _builtin_methods() -> list[tuple[str, str]]:
@@ -35,12 +59,60 @@ def _builtin_methods() -> list[tuple[str, str]]:
     ]
 
 
+REFERENCE = {
+    # the fixed bonus it drives: the controller moves the coefficient before the first update
+    "entropy_pid": ("algo.regularizers=[entropy_bonus]",),
+}
+"""What a method's reference run adds to plain GRPO (and its SETTING)."""
+
+SAME_UPDATE = {
+    ("advantage", "grpo"): "the reference itself (GRPO advantage)",
+    ("policy_loss", "ppo_clip"): "the reference itself (PPO-clip loss)",
+    ("controller", "hwe_stats"): "logs statistics only",
+    ("reward", "hapo"): "no length history for a prompt before its first visit: the shaping term is 0",
+    ("reward", "dot"): "penalises length outliers of all-correct groups only; no group is all correct here",
+}
+"""Methods whose update legitimately equals their reference run's, and why."""
+
+EQUAL_RTOL = 1e-5
+"""Relative gradient difference up to which two updates count as equal (float noise: ~1e-6 at most)."""
+
+
+@pytest.fixture(scope="module")
+def last_update(tmp_path_factory, informative):
+    """``last_update(extra)``: the gradients of the last optimizer step of FAST + INFORMATIVE + ``extra``, cached."""
+    cache: dict[tuple[str, ...], dict] = {}
+
+    def get(extra: tuple[str, ...] = ()) -> dict:
+        if extra not in cache:
+            run = tmp_path_factory.mktemp("reference") / "run"
+            trainer = Trainer(load_config(None, [*informative.fast, *COMMON, *extra, f"output_dir={run}"]), quiet=True)
+            grads = informative.capture(trainer)
+            trainer.run()
+            cache[extra] = grads[-1]
+        return cache[extra]
+
+    return get
+
+
+COMMON = ["train.steps=1", "eval.every=100"]
+
+
 @pytest.mark.parametrize("stage, name", _builtin_methods(), ids=lambda x: str(x))
-def test_method_runs_in_the_trainer(stage, name, fast_overrides):
-    overrides = [*fast_overrides, "train.steps=1", "eval.every=100", SLOT[stage].format(name), *EXTRA.get(name, [])]
-    cfg = load_config(None, overrides)
-    Trainer(cfg, quiet=True).run()
+def test_method_runs_in_the_trainer(stage, name, fast_overrides, informative, last_update):
+    setting = SETTING.get(name, ())
+    method = [SLOT[stage].format(name), *EXTRA.get(name, [])]
+    cfg = load_config(None, [*fast_overrides, *informative.overrides, *COMMON, *setting, *method])
+    trainer = Trainer(cfg, quiet=True)
+    grads = informative.capture(trainer)
+    trainer.run()
     record = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")[-1]
-    assert record["step"] == 1
+    assert record["step"] == cfg.train.steps
     assert math.isfinite(record["train/loss"]), record
     assert record["train/updates"] >= 1
+    informative.assert_learning([record])
+    diff = informative.rel_diff(last_update((*setting, *REFERENCE.get(name, ()))), grads[-1])
+    if (stage, name) in SAME_UPDATE:
+        assert diff <= EQUAL_RTOL, f"listed as equal ({SAME_UPDATE[stage, name]}) but differs by {diff:.2e}"
+    else:
+        assert diff > EQUAL_RTOL, f"the update equals the reference run's (relative difference {diff:.2e})"

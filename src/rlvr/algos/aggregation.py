@@ -7,30 +7,36 @@ With ``m`` the response mask, ``l`` the per-token loss, ``B`` sequences and ``L`
 * ``seq-mean-token-sum``:      1/B sum_i sum_t l m
 * ``seq-mean-token-sum-norm``: 1/B sum_i sum_t l m / L                          (Dr.GRPO)
 
-For the last mode the older verl copies (SIREN, Entropy-Mechanism) divide by ``B*L`` while new verl
-divides by ``L`` only; the two differ by the constant ``B``. We follow TRL's Dr.GRPO
+For the last mode SIREN's verl copy (Linn3a/siren ``verl/verl/trainer/ppo/core_algos.py``,
+``mean(seq_losses) / L``) divides by ``B*L``, while the Entropy-Mechanism copy
+(PRIME-RL/Entropy-Mechanism-of-RL ``verl/trainer/ppo/core_algos.py``, ``sum(seq_losses) / L``) and
+new verl divide by ``L`` only; the two differ by the constant ``B``. We follow TRL's Dr.GRPO
 (``sum / (B * max_completion_length)``), i.e. the mean-over-sequences reading, so that all four modes
 share the same ``1/B`` and the learning rate keeps its meaning when switching modes.
 
 ``num_tokens`` / ``num_seqs`` override the denominators with global totals so that summing the
 micro-batch values of a split mini-batch gives exactly the full mini-batch value. Sequences with no
-valid token do not count in ``B`` (as in verl).
+valid token do not count in ``B`` (as in new verl; SIREN's copy counts every row in
+``seq-mean-token-mean``, which ``siren.selected_entropy`` reproduces with ``num_seqs``).
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from rlvr.errors import ConfigError
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+AGG_MODES: tuple[str, ...] = get_args(AggMode)
 
 
 def aggregate(
     per_token: Tensor,
     mask: Tensor,
-    mode: str,
+    mode: AggMode,
     *,
     num_tokens: float | None = None,
     num_seqs: float | None = None,

@@ -30,6 +30,7 @@ whole response length.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -48,13 +49,20 @@ from rlvr.algos.shaping import (
 )
 from rlvr.errors import ConfigError
 
-SCHEDULES = ("exponential", "linear")
+BudgetSchedule = Literal["exponential", "linear"]
+SCHEDULES: tuple[str, ...] = get_args(BudgetSchedule)
 
 
 def budget_at(
-    step: int, b0: float, gamma: float, interval: int, schedule: str = "exponential", slope: float | None = None
+    step: int,
+    b0: float,
+    gamma: float,
+    interval: int,
+    schedule: BudgetSchedule = "exponential",
+    slope: float | None = None,
 ) -> float:
     """``B(t)``: ``max(1, B0 gamma^floor(t/T))`` or ``max(1, B0 - slope floor(t/T))``."""
+    check_choice("reward 'budget_curriculum'", "schedule", schedule, SCHEDULES)
     k = step // interval
     if schedule == "exponential":
         return max(1.0, b0 * gamma**k)
@@ -87,7 +95,7 @@ class BudgetCurriculum(RewardShaper):
         b0: float = 256.0,
         gamma: float = 0.7,
         interval: int = 50,
-        schedule: str = "exponential",
+        schedule: BudgetSchedule = "exponential",
         slope: float | None = None,
         coef: float = 0.5,
         think_marker: str = "</think>",

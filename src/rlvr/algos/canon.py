@@ -58,6 +58,7 @@ Singleton groups (no split possible) follow the official code, which sets both h
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -68,8 +69,10 @@ from rlvr.algos.groups import group_count, group_index, group_sum
 from rlvr.algos.registry import advantage
 from rlvr.errors import ConfigError
 
-CANON_METRICS = ("entropy", "length")
-CANON_SCHEDULES = ("constant", "anneal", "cosine_restart", "cosine_restart_r")
+CanonMetric = Literal["entropy", "length"]
+CanonSchedule = Literal["constant", "anneal", "cosine_restart", "cosine_restart_r"]
+CANON_METRICS: tuple[str, ...] = get_args(CanonMetric)
+CANON_SCHEDULES: tuple[str, ...] = get_args(CanonSchedule)
 # official (max, min) of the cosine schedule per variant
 COSINE_BOUNDS = {"cosine_restart": (0.6, 0.0), "cosine_restart_r": (1.0, 0.4)}
 
@@ -143,7 +146,7 @@ def canon_sequence_advantages(
     high: Tensor,
     group_ids: Tensor,
     *,
-    variant: str = "entropy",
+    variant: CanonMetric = "entropy",
     mu: float = 1.0,
     alpha: float = 1.0,
     beta: float = 0.0,
@@ -185,7 +188,7 @@ def inter_weight(
     ctx: AlgoContext,
     rewards: Tensor,
     *,
-    schedule: str,
+    schedule: CanonSchedule,
     mu: float,
     warmup_steps: int,
     total_steps: int,
@@ -217,11 +220,11 @@ def inter_weight(
 def canon(
     ctx: AlgoContext,
     *,
-    metric: str = "entropy",
+    metric: CanonMetric = "entropy",
     mu: float = 1.0,
     alpha: float = 1.0,
     beta: float = 0.0,
-    schedule: str = "constant",
+    schedule: CanonSchedule = "constant",
     warmup_steps: int = 30,
     total_steps: int = 150,
     cycles: int = 3,

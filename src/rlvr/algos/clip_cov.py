@@ -1,8 +1,8 @@
 """Clip-Cov (Entropy Mechanism of RL, arXiv 2505.22617) and the covariance machinery it shares with KL-Cov.
 
 The paper ties entropy collapse to the covariance between a token's log-prob and its advantage.
-Per valid token (methods.md section 5.2; official code PRIME-RL/Entropy-Mechanism-of-RL and verl
-``compute_policy_loss_clip_cov``):
+Per valid token (official code PRIME-RL/Entropy-Mechanism-of-RL ``verl/trainer/ppo/core_algos.py`` and
+verl ``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_clip_cov``):
 
     cov_{i,t} = (A_{i,t} - mean(A)) * (log pi(o_{i,t}) - mean(log pi))        means over valid tokens
 
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -59,7 +59,8 @@ from rlvr.algos.ppo_clip import LOG_RATIO_LIMIT, check_clip, masked_float, polic
 from rlvr.algos.registry import policy_loss
 from rlvr.errors import ConfigError
 
-COV_SCOPES = ("batch", "micro")
+CovScope = Literal["batch", "micro"]
+COV_SCOPES: tuple[str, ...] = get_args(CovScope)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def clip_cov_selection(
     return selected.view_as(cov), candidates
 
 
-def _check_scope(scope: str, who: str) -> None:
+def _check_scope(scope: CovScope, who: str) -> None:
     if scope not in COV_SCOPES:
         raise ConfigError(f"{who}: unknown scope '{scope}'; valid: {', '.join(COV_SCOPES)}")
 
@@ -138,7 +139,7 @@ class CovarianceSelection:
 
     name = "cov"
 
-    def __init__(self, *, scope: str, seed: int) -> None:
+    def __init__(self, *, scope: CovScope, seed: int) -> None:
         _check_scope(scope, f"policy_loss '{self.name}'")
         self.scope = scope
         self.seed = int(seed)
@@ -252,7 +253,7 @@ class ClipCov(CovarianceSelection):
         cov_high: float = 5.0,
         clip_low: float = 0.2,
         clip_high: float = 0.2,
-        scope: str = "batch",
+        scope: CovScope = "batch",
         seed: int = 0,
     ) -> None:
         who = f"policy_loss '{self.name}'"

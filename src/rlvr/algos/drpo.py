@@ -43,7 +43,7 @@ The loss is returned already reduced (``LossOutput.loss``), so token weights hav
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -54,8 +54,10 @@ from rlvr.algos.registry import policy_loss
 from rlvr.algos.shaping import check_choice, check_positive
 from rlvr.errors import ConfigError
 
-KL_TYPES = ("kl", "low_var_kl")
-SPLIT_POLICIES = ("error", "present")
+DrpoKlType = Literal["kl", "low_var_kl"]
+SplitPolicy = Literal["error", "present"]
+KL_TYPES: tuple[str, ...] = get_args(DrpoKlType)
+SPLIT_POLICIES: tuple[str, ...] = get_args(SplitPolicy)
 
 
 def sequence_scores(logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -65,8 +67,9 @@ def sequence_scores(logprobs: Tensor, mask: Tensor) -> Tensor:
     return (clean * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
-def kl_estimate(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, kl_type: str) -> Tensor:
+def kl_estimate(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, kl_type: DrpoKlType) -> Tensor:
     """Token-mean of ``log pi_old - log pi`` (``kl``) or ``r - 1 - log r`` (``low_var_kl``)."""
+    check_choice("policy_loss 'drpo'", "kl_type", kl_type, KL_TYPES)
     valid = mask > 0
     neg_kl = torch.where(valid, logprobs - old_logprobs, torch.zeros_like(logprobs))
     per_token = -neg_kl if kl_type == "kl" else torch.exp(neg_kl) - 1.0 - neg_kl
@@ -118,8 +121,8 @@ class Drpo:
         tau: float = 10.0,
         beta: float = 1e3,
         delta: float = 1e-4,
-        kl_type: str = "kl",
-        split_groups: str = "error",
+        kl_type: DrpoKlType = "kl",
+        split_groups: SplitPolicy = "error",
     ) -> None:
         who = "policy_loss 'drpo'"
         check_positive(who, lam=lam, tau=tau)

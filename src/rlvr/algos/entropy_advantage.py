@@ -1,7 +1,8 @@
 """Entropy-based advantage shaping (Cheng et al., arXiv 2506.14758) as a policy-loss transform (stage: policy_loss).
 
-"Reasoning with Exploration: An Entropy Perspective" (methods.md section 4.2; the SIREN repo's
-baseline ``experiment_type == "baseline_entropy_adv"`` in ``dp_actor.py``). Per valid token:
+"Reasoning with Exploration: An Entropy Perspective" (arXiv 2506.14758; code: the SIREN repo's
+baseline, Linn3a/siren ``verl/verl/workers/actor/dp_actor.py``,
+``experiment_type == "baseline_entropy_adv"``). Per valid token:
 
     A'_{i,t} = A_{i,t} + min(alpha * sg[H_{i,t}], |A_{i,t}| / kappa)
 
@@ -18,8 +19,8 @@ among ``entropy, logprobs, old_logprobs, advantages`` (checked when built; e.g. 
 ``cispo``, ``gspo``, ``clip_cov``, ``kl_cov``). A base's ``prepare`` / ``state_dict`` are forwarded; its
 ``prepare`` sees the unshaped advantages.
 
-**Defaults.** ``alpha = 0.4``, ``kappa = 2.0``: methods.md records alpha 0.4 with kappa 1 in the SIREN
-baseline code and kappa 2 for the paper *from recollection* (unverified; see methods.md section 8).
+**Defaults.** ``alpha = 0.4``, ``kappa = 2.0``. The SIREN baseline code uses alpha 0.4 (``adv_alpha``
+default) with kappa 1; kappa 2 is our recollection of the paper, not checked against it.
 Set ``kappa=1`` to reproduce the SIREN baseline.
 
 Metrics: ``entropy_adv/bonus_mean`` (mean bonus over valid tokens), ``entropy_adv/frac_capped``

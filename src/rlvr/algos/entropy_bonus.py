@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from rlvr.algos.aggregation import AggMode
 from rlvr.algos.context import AlgoContext, RegularizerOutput
 from rlvr.algos.ppo_clip import masked_float
 from rlvr.algos.registry import regularizer
 
 
 @regularizer.register("entropy_bonus", requires=("entropy",))
-def entropy_bonus(ctx: AlgoContext, *, coef: float = 0.001, agg_mode: str | None = None) -> RegularizerOutput:
+def entropy_bonus(ctx: AlgoContext, *, coef: float = 0.001, agg_mode: AggMode | None = None) -> RegularizerOutput:
     """``-coef * aggregate(H)`` with ``agg_mode`` (None: the run's mode); metric ``entropy`` is the token mean."""
     ctx.require("entropy", who="regularizer 'entropy_bonus'")
     assert ctx.entropy is not None

@@ -1,9 +1,10 @@
 """Train only on the high-entropy "forking" tokens (Beyond the 80/20 Rule, arXiv 2506.01939) (stage: token_weight).
 
-Methods.md section 5.3; official code Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR
-(``core_algos.get_global_entropy_top_mask``, ``dp_actor``) and TRL (``get_high_entropy_mask``,
-``top_entropy_quantile``). Over **all valid response tokens of the micro-batch** (flattened, one
-global pool, not per response), with ``H`` the current-policy token entropy:
+Official code Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR (``verl/trainer/ppo/core_algos.py``
+``get_global_entropy_top_mask``, ``verl/workers/actor/dp_actor.py``) and TRL
+(``trl/trainer/grpo_trainer.py`` ``GRPOTrainer.get_high_entropy_mask``, ``top_entropy_quantile``).
+Over **all valid response tokens of the micro-batch** (flattened, one global pool, not per
+response), with ``H`` the current-policy token entropy:
 
 * ``method="topk"`` (official): keep the ``k = max(1, ceil(top_ratio * N))`` tokens of largest ``H``
   (``torch.topk``; the ceiling is computed as the official ``int(top_ratio * N + 0.9999)``, which is
@@ -20,10 +21,11 @@ entropy_top_mask)``). The entropy is used without gradient.
 trainer divides every micro-batch's sum by the mini-batch's total *response* token count
 (``ctx.global_num_tokens``), not by its selected-token count, which is only known after every
 micro-batch's forward. ``renormalize=True`` (default) then scales the selected tokens' weight by
-``s = N_valid / N_selected`` of the micro-batch, so that each micro-batch contributes
-``(N_valid / N_global) * mean_selected(loss)``: the token-share-weighted average of per-micro-batch
-means over selected tokens, i.e. the official value (mean over the selected tokens) summed over
-micro-batches with token-count weights. In the other modes, or without global normalisers
+``s = f * N_global / N_selected`` with ``f = ctx.micro_batch_fraction`` (the micro-batch's share of
+the mini-batch's rows), so that each micro-batch contributes ``f * mean_selected(loss)``. That is
+the official value: its actor takes the token-mean over the micro-batch's selected tokens and scales
+it by ``1 / gradient_accumulation`` (``len(micro) / ppo_mini_batch_size`` with dynamic batch size),
+i.e. by the row share, before ``backward()``. In the other modes, or without global normalisers
 (``aggregate`` then divides by the selected count itself), ``s = 1``. The method is meant for
 token-mean (the paper's DAPO recipe); with ``seq-mean-*`` a response with no selected token simply
 contributes 0.
@@ -34,6 +36,8 @@ Metrics: ``forking/frac_selected``, ``forking/entropy_selected`` / ``forking/ent
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
@@ -42,7 +46,8 @@ from rlvr.algos.ppo_clip import masked_float
 from rlvr.algos.registry import token_weight
 from rlvr.errors import ConfigError
 
-FORKING_METHODS = ("topk", "quantile")
+ForkingMethod = Literal["topk", "quantile"]
+FORKING_METHODS: tuple[str, ...] = get_args(ForkingMethod)
 
 
 def num_top_tokens(num_valid: int, top_ratio: float) -> int:
@@ -50,7 +55,9 @@ def num_top_tokens(num_valid: int, top_ratio: float) -> int:
     return min(num_valid, max(1, int(num_valid * top_ratio + 0.9999)))
 
 
-def forking_mask(entropy: Tensor, response_mask: Tensor, top_ratio: float = 0.2, method: str = "topk") -> Tensor:
+def forking_mask(
+    entropy: Tensor, response_mask: Tensor, top_ratio: float = 0.2, method: ForkingMethod = "topk"
+) -> Tensor:
     """Bool ``(B, T)`` mask of the selected high-entropy tokens among the valid ones (no grad)."""
     if method not in FORKING_METHODS:
         valid = ", ".join(FORKING_METHODS)
@@ -73,7 +80,7 @@ def forking_mask(entropy: Tensor, response_mask: Tensor, top_ratio: float = 0.2,
 
 @token_weight.register("forking_tokens", requires=("entropy",))
 def forking_tokens(
-    ctx: AlgoContext, *, top_ratio: float = 0.2, method: str = "topk", renormalize: bool = True
+    ctx: AlgoContext, *, top_ratio: float = 0.2, method: ForkingMethod = "topk", renormalize: bool = True
 ) -> TokenWeightOutput:
     """Keep the top ``top_ratio`` of the micro-batch's tokens by current entropy (arXiv 2506.01939).
 
@@ -91,7 +98,7 @@ def forking_tokens(
     n_sel = float(sel.sum())
     scale = 1.0
     if renormalize and ctx.agg_mode == "token-mean" and ctx.global_num_tokens is not None and n_sel > 0:
-        scale = float((mask > 0).sum()) / n_sel
+        scale = float(ctx.micro_batch_fraction) * float(ctx.global_num_tokens) / n_sel
     entropy = torch.where(mask > 0, ctx.entropy.detach(), torch.zeros_like(ctx.entropy))
     unselected = (mask > 0).to(mask.dtype) - sel
     metrics = {

@@ -18,6 +18,7 @@ Set ``length_coef: 0`` for a pure format reward.
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -37,12 +38,14 @@ from rlvr.algos.shaping import (
 )
 from rlvr.errors import ConfigError
 
-MATCH_MODES = ("fullmatch", "search")
+MatchMode = Literal["fullmatch", "search"]
+MATCH_MODES: tuple[str, ...] = get_args(MatchMode)
 THINK_ANSWER_PATTERN = r"<think>.*?</think>\s*<answer>.*?</answer>"
 
 
-def format_ok(texts: list[str], pattern: re.Pattern[str], match: str) -> Tensor:
+def format_ok(texts: list[str], pattern: re.Pattern[str], match: MatchMode) -> Tensor:
     """Per-response bool: the regex matches (whole stripped text for fullmatch, anywhere for search)."""
+    check_choice("reward 'format_length'", "match", match, MATCH_MODES)
     if match == "fullmatch":
         return torch.tensor([pattern.fullmatch(t.strip()) is not None for t in texts], dtype=torch.bool)
     return torch.tensor([pattern.search(t) is not None for t in texts], dtype=torch.bool)
@@ -68,7 +71,7 @@ class FormatLength(RewardShaper):
         self,
         *,
         pattern: str = THINK_ANSWER_PATTERN,
-        match: str = "fullmatch",
+        match: MatchMode = "fullmatch",
         format_reward: float = 0.1,
         format_penalty: float = 0.0,
         length_coef: float = 0.1,

@@ -11,6 +11,8 @@ explicitly here: ``groups.group_mean`` alone would return ``R_i`` for a singleto
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
@@ -19,7 +21,8 @@ from rlvr.algos.groups import group_count, group_mean, group_std
 from rlvr.algos.registry import advantage
 from rlvr.errors import ConfigError
 
-GRPO_SCALES = ("group", "batch")
+GrpoScale = Literal["group", "batch"]
+GRPO_SCALES: tuple[str, ...] = get_args(GrpoScale)
 
 
 def seq_rewards(ctx: AlgoContext, who: str, *, groups: bool = True) -> Tensor:
@@ -43,7 +46,7 @@ def to_tokens(seq_values: Tensor, response_mask: Tensor) -> Tensor:
 
 @advantage.register("grpo", requires=("rewards", "group_ids"))
 def grpo(
-    ctx: AlgoContext, *, norm_by_std: bool = True, eps: float = 1e-6, scale: str = "group"
+    ctx: AlgoContext, *, norm_by_std: bool = True, eps: float = 1e-6, scale: GrpoScale = "group"
 ) -> Tensor:
     """GRPO advantage ``(R - mean_g) / (std + eps)`` (arXiv 2402.03300), shape ``(B, T)``.
 

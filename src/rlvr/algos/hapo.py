@@ -7,7 +7,10 @@ Code: HCY123902/HAPO ``utils.compute_len_reward`` / ``compute_len_reward_linear`
 length of any correct response seen so far (``update="min"``); unknown ("Null") until a first
 correct response. ``update="mean"``: a running count-weighted mean of the correct lengths instead,
 ``h <- (k * mean_batch + n * h) / (n + k)`` with ``n`` the correct responses seen before and ``k``
-those of this batch.
+those of this batch. rlvr keeps this mean exact (a float). The official history tensor is int64
+(``utils.check_dataset_len_and_init_len_dict`` fills it with the integer ``MAX_LEN``, so
+``torch.full`` infers ``torch.long``), so every official running-mean update is truncated to an
+integer when written back; we read that as an artefact, not as part of the method.
 
 **Cosine reward** (``variant="cosine"``, the default), with ``L`` the response length::
 
@@ -33,7 +36,7 @@ all-reduces the history with a min across data-parallel ranks; there is a single
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -43,8 +46,10 @@ from rlvr.algos.registry import reward
 from rlvr.algos.shaping import RewardShaper, check_choice, correct_mask, float_rewards, fraction, mean_of
 from rlvr.errors import MissingInputError
 
-HAPO_VARIANTS = ("cosine", "linear")
-HAPO_UPDATES = ("min", "mean")
+HapoVariant = Literal["cosine", "linear"]
+HapoUpdate = Literal["min", "mean"]
+HAPO_VARIANTS: tuple[str, ...] = get_args(HapoVariant)
+HAPO_UPDATES: tuple[str, ...] = get_args(HapoUpdate)
 CORRECT_FLOOR = -0.7
 
 
@@ -82,7 +87,12 @@ class Hapo(RewardShaper):
     name = "hapo"
 
     def __init__(
-        self, *, variant: str = "cosine", w_lr: float = 1.0, tolerance: float = 0.1, update: str = "min"
+        self,
+        *,
+        variant: HapoVariant = "cosine",
+        w_lr: float = 1.0,
+        tolerance: float = 0.1,
+        update: HapoUpdate = "min",
     ) -> None:
         super().__init__()
         check_choice(self.who(), "variant", variant, HAPO_VARIANTS)

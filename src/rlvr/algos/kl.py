@@ -14,6 +14,8 @@ verl ``use_kl_loss`` with ``low_var_kl`` and coefficient 0.001).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -22,10 +24,14 @@ from rlvr.algos.ppo_clip import masked_float
 from rlvr.algos.registry import regularizer
 from rlvr.errors import ConfigError
 
-KL_KINDS = {"k1": "k1", "kl": "k1", "abs": "abs", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
+KlKind = Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"]
+KL_KINDS: dict[str, str] = {
+    "k1": "k1", "kl": "k1", "abs": "abs", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"
+}
+"""Each ``KlKind`` -> the estimator it names (its keys are ``get_args(KlKind)``, in order)."""
 
 
-def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Tensor:
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: KlKind = "k3") -> Tensor:
     """Per-token KL estimate of ``kind`` (k1 | abs | k2 | k3, aliases kl | mse | low_var_kl)."""
     canonical = KL_KINDS.get(kind)
     if canonical is None:
@@ -42,7 +48,7 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Ten
 
 
 @regularizer.register("kl", requires=("logprobs", "ref_logprobs"))
-def kl(ctx: AlgoContext, *, coef: float = 0.001, estimator: str = "k3") -> RegularizerOutput:
+def kl(ctx: AlgoContext, *, coef: float = 0.001, estimator: KlKind = "k3") -> RegularizerOutput:
     """``coef * aggregate(KL_est(pi || pi_ref))``; metric ``kl`` is the mean over valid tokens."""
     ctx.require("logprobs", "ref_logprobs", who="regularizer 'kl'")
     assert ctx.logprobs is not None and ctx.ref_logprobs is not None

@@ -1,8 +1,9 @@
 """KL-Cov (Entropy Mechanism of RL, arXiv 2505.22617) (stage: policy_loss).
 
 With the token covariance ``cov_{i,t} = (A - mean A)(log pi - mean log pi)`` of ``clip_cov.py``
-(methods.md section 5.2; official code PRIME-RL/Entropy-Mechanism-of-RL and verl
-``compute_policy_loss_kl_cov``), the ``k = max(1, int(kl_cov_ratio * N_valid))`` tokens with the
+(official code PRIME-RL/Entropy-Mechanism-of-RL ``verl/trainer/ppo/core_algos.py`` and verl
+``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_kl_cov``), the
+``k = max(1, int(kl_cov_ratio * N_valid))`` tokens with the
 *largest* covariance get a KL penalty, and **no token is clipped**:
 
     l_{i,t} = -A r + beta * |log r|     on the top-k tokens
@@ -34,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlvr.algos.clip_cov import CovarianceSelection
+from rlvr.algos.clip_cov import CovarianceSelection, CovScope
 from rlvr.algos.context import AlgoContext, LossOutput
 from rlvr.algos.ppo_clip import LOG_RATIO_LIMIT, masked_float, policy_inputs
 from rlvr.algos.registry import policy_loss
@@ -69,7 +70,7 @@ class KLCov(CovarianceSelection):
     name = "kl_cov"
 
     def __init__(
-        self, *, kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 1.0, scope: str = "batch", seed: int = 0
+        self, *, kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 1.0, scope: CovScope = "batch", seed: int = 0
     ) -> None:
         who = f"policy_loss '{self.name}'"
         if not 0.0 <= kl_cov_ratio <= 1.0:

@@ -17,6 +17,8 @@ LASER-4096 run; the released runs use 2048 / 4096 / 8192).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
@@ -33,11 +35,13 @@ from rlvr.algos.shaping import (
     mean_of,
 )
 
-LASER_MODES = ("reward", "penalty", "hybrid")
+LaserMode = Literal["reward", "penalty", "hybrid"]
+LASER_MODES: tuple[str, ...] = get_args(LaserMode)
 
 
-def laser_term(lengths: Tensor, correct: Tensor, target: Tensor | float, alpha: float, mode: str) -> Tensor:
+def laser_term(lengths: Tensor, correct: Tensor, target: Tensor | float, alpha: float, mode: LaserMode) -> Tensor:
     """The added reward of LASER for a (per-response or scalar) target, ``(B,)`` float64."""
+    check_choice("reward 'laser'", "mode", mode, LASER_MODES)
     lengths = lengths.to(torch.float64)
     target = torch.as_tensor(target, dtype=torch.float64)
     within = lengths <= target
@@ -65,7 +69,7 @@ class Laser(RewardShaper):
 
     name = "laser"
 
-    def __init__(self, *, target_length: int | None = None, alpha: float = 0.5, mode: str = "reward") -> None:
+    def __init__(self, *, target_length: int | None = None, alpha: float = 0.5, mode: LaserMode = "reward") -> None:
         super().__init__()
         check_choice(self.who(), "mode", mode, LASER_MODES)
         check_positive(self.who(), target_length=target_length)

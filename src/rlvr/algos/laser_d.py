@@ -36,14 +36,14 @@ Scale knobs default relative to ``L = max_response_length``: ``upper_bound = L``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext
 from rlvr.algos.groups import group_count, group_sum
-from rlvr.algos.laser import LASER_MODES, laser_term
+from rlvr.algos.laser import LASER_MODES, LaserMode, laser_term
 from rlvr.algos.registry import reward
 from rlvr.algos.shaping import (
     RewardShaper,
@@ -59,7 +59,8 @@ from rlvr.algos.shaping import (
 from rlvr.errors import ConfigError
 
 BUCKETS = ("low", "medium", "high")
-ROUND_METHODS = ("floor", "ceil")
+RoundMethod = Literal["floor", "ceil"]
+ROUND_METHODS: tuple[str, ...] = get_args(RoundMethod)
 
 
 def reward_buckets(correct: Tensor, group_ids: Tensor) -> list[str]:
@@ -76,8 +77,9 @@ def monitor_buckets(correct: Tensor, group_ids: Tensor) -> list[str]:
     return ["low" if 3 * ki <= ni else "medium" if 3 * ki <= 2 * ni else "high" for ki, ni in zip(k, n)]
 
 
-def lower_n(bucket: str, n_rollout: int, round_method: str) -> int:
+def lower_n(bucket: str, n_rollout: int, round_method: RoundMethod) -> int:
     """``n_lower``: floor/ceil of ``2n/3`` (high), of ``n/3`` (medium), 1 (low)."""
+    check_choice("reward 'laser_d'", "round_method", round_method, ROUND_METHODS)
     if bucket == "low":
         return 1
     num = 2 * n_rollout if bucket == "high" else n_rollout
@@ -91,7 +93,7 @@ def choose_targets(
     n_rollout: int,
     max_response_length: int,
     expected_n_correct: int = 1,
-    round_method: str = "floor",
+    round_method: RoundMethod = "floor",
 ) -> dict[str, int]:
     """Target length per bucket from the coverage of its responses' lengths (see the module docstring).
 
@@ -135,14 +137,14 @@ class LaserD(RewardShaper):
         self,
         *,
         alpha: float = 0.5,
-        mode: str = "reward",
+        mode: LaserMode = "reward",
         monitor_freq: int = 20,
         lower_bound: int | None = None,
         upper_bound: int | None = None,
         interval: int | None = None,
         expected_n_correct: int = 1,
         n_rollout: int | None = None,
-        round_method: str = "floor",
+        round_method: RoundMethod = "floor",
         target_length: int | None = None,
     ) -> None:
         super().__init__()

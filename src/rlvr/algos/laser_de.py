@@ -26,13 +26,13 @@ reward stage only has the decoded text, so ``repetition_unit`` chooses the units
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Hashable, Sequence
+from typing import Hashable, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext
-from rlvr.algos.laser_d import LaserD
+from rlvr.algos.laser_d import LaserD, RoundMethod
 from rlvr.algos.registry import reward
 from rlvr.algos.shaping import (
     check_choice,
@@ -44,7 +44,8 @@ from rlvr.algos.shaping import (
 )
 from rlvr.errors import MissingInputError
 
-REPETITION_UNITS = ("words", "chars", "token_ids")
+RepetitionUnit = Literal["words", "chars", "token_ids"]
+REPETITION_UNITS: tuple[str, ...] = get_args(RepetitionUnit)
 
 
 def repetition_start(units: Sequence[Hashable], n: int = 4) -> int:
@@ -99,9 +100,9 @@ class LaserDE(LaserD):
         interval: int | None = None,
         expected_n_correct: int = 1,
         n_rollout: int | None = None,
-        round_method: str = "floor",
+        round_method: RoundMethod = "floor",
         target_length: int | None = None,
-        repetition_unit: str = "words",
+        repetition_unit: RepetitionUnit = "words",
     ) -> None:
         super().__init__(
             alpha=alpha,

@@ -1,10 +1,11 @@
 """Lp-Reg, low-probability regularization towards a min-p proxy (arXiv 2510.03222) (stage: policy_loss).
 
-Methods.md section 5.4; official code CarlanLark/Lp-Reg-dev (``core_algos.compute_policy_loss_lp_reg``,
-``dp_actor.apply_min_p``, ``recipe/lp_reg/*.sh``).
+Official code CarlanLark/Lp-Reg-dev (``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_lp_reg``,
+``verl/workers/actor/dp_actor.py`` ``apply_min_p``, ``recipe/lp_reg/*.sh``).
 
 **Proxy.** ``log pi_proxy(o_t)`` is the log-prob of the sampled token under the rollout policy's
-min-p filtered distribution (keep ``p_v >= kappa * max p``, renormalise; ``rlvr.ops.minp``), read
+min-p filtered distribution (keep ``p_v >= kappa * max p`` on the raw logits, then apply the
+temperature and renormalise, as the official forward; ``rlvr.ops.minp``), read
 from ``ctx.old_minp_logprobs`` (official ``minp_old_log_prob=True``: computed from the old policy at
 rollout-logprob time, detached). The threshold ``kappa`` is this component's ``min_p`` knob, which
 the trainer reads (attribute ``min_p``) for that forward. Default 0.02 (all official scripts); the
@@ -13,8 +14,9 @@ official code default is 0.1.
 **Selection** (per micro-batch, as the official policy loss). Among the valid tokens with ``A < 0``,
 take the ``k = max(1, int(neg_ratio * N_neg))`` with the lowest *current* log-prob (``torch.topk``,
 ``largest=False``); of those, keep the ones with ``log pi_theta < log pi_proxy`` (the proxy raises
-their probability; a token filtered out by min-p has a proxy log-prob near -1e4 and is skipped). The
-same on the ``A > 0`` side with ``pos_ratio`` (default 0, as officially: no positive-side selection).
+their probability; a token filtered out by min-p has a proxy log-prob near ``-1e4 / T`` and is
+skipped). The same on the ``A > 0`` side with ``pos_ratio`` (default 0, as officially: no
+positive-side selection).
 Official quirk: the code regularises a side only ``if k > 1``, so a micro-batch with fewer than
 ``2 / neg_ratio`` negative tokens (200 at 1%) gets no regularisation at all. ``official_min_k=True``
 reproduces that; the default (False) also regularises when ``k == 1``.
@@ -27,7 +29,8 @@ use ``clip_ratio_low = 1.0``, ``clip_ratio_high = 9.0`` (effectively unclipped),
 
 Metrics: ``lp_reg/frac_selected`` (regularised tokens / valid), ``lp_reg/frac_lowest`` (the lowest-k
 candidates before the proxy test), ``lp_reg/kl_selected`` (mean k3 over regularised tokens),
-``lp_reg/frac_minp_filtered`` (valid tokens whose sampled token the proxy filters out), and PPO's
+``lp_reg/frac_minp_filtered`` (valid tokens whose sampled token the proxy filters out, detected as
+a proxy log-prob ``<= -5000``, which holds for rollout temperatures up to 2), and PPO's
 ``clip_frac*``, ``approx_kl``.
 """
 
@@ -39,7 +42,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext, LossOutput
-from rlvr.algos.kl import KL_KINDS, kl_estimate
+from rlvr.algos.kl import KL_KINDS, KlKind, kl_estimate
 from rlvr.algos.ppo_clip import LOG_RATIO_LIMIT, check_clip, clipped_surrogate, masked_float, policy_inputs
 from rlvr.algos.registry import policy_loss
 from rlvr.errors import ConfigError
@@ -95,7 +98,7 @@ class LpReg:
         neg_ratio: float = 0.01,
         pos_ratio: float = 0.0,
         beta: float = 1.0,
-        kl_estimator: str = "k3",
+        kl_estimator: KlKind = "k3",
         clip_low: float = 0.2,
         clip_high: float = 0.2,
         clip_ratio_c: float | None = None,

@@ -1,7 +1,7 @@
 """SEED-GRPO: advantages scaled down on prompts with high semantic entropy (arXiv 2505.12346) (stage: advantage).
 
-Methods.md section 4.3, which is **partly inferred**: no official code was found, and the definitions
-below come from secondary summaries plus the [INFERENCE] items of methods.md. Per prompt ``q`` with
+**Partly inferred**: no official code was found, and the definitions below come from secondary
+summaries of the paper plus our own reconstructions, marked [INFERENCE]. Per prompt ``q`` with
 ``G`` responses:
 
 1. **Clusters.** The ``G`` responses are clustered by meaning; for verifiable math, two responses are
@@ -14,16 +14,16 @@ below come from secondary summaries plus the [INFERENCE] items of methods.md. Pe
    responses of a group share one cluster (``missing="cluster"``).
 2. **Cluster probabilities.** ``p(C_k | q) = n_k / G`` (count-based estimate instead of summed sequence
    probabilities) [INFERENCE].
-3. **Semantic entropy.** ``SE(q) = -(1/K) sum_k log p(C_k | q)`` over the ``K`` clusters, as methods.md
-   writes it (``estimator="cluster_mean"``). ``estimator="shannon"`` gives the usual
+3. **Semantic entropy.** ``SE(q) = -(1/K) sum_k log p(C_k | q)`` over the ``K`` clusters, as the
+   secondary summaries write it (``estimator="cluster_mean"``). ``estimator="shannon"`` gives the usual
    ``-sum_k p_k log p_k``. Both are at most ``SE_max = log G`` [INFERENCE], reached when all ``G``
    answers differ; a single cluster gives 0. Groups of one response get ``SE / SE_max = 0``.
 4. **Modulation.** ``A_hat_i = A_i * f(alpha * SE(q) / SE_max(q))`` with ``f`` one of [INFERENCE]
    ``"linear"`` ``1 - x``, ``"exp"`` ``exp(-x)``, ``"focal"`` ``(1 - x)^gamma``. ``alpha`` is not
-   known (methods.md suggests 0.5-1); default 0.5, so that even a maximally uncertain prompt keeps
+   known (we guess 0.5-1) [INFERENCE]; default 0.5, so that even a maximally uncertain prompt keeps
    half its advantage under the linear ``f``.
 
-``A_i`` comes from a base advantage estimator (``base``, default ``"dr_grpo"``: methods.md's
+``A_i`` comes from a base advantage estimator (``base``, default ``"dr_grpo"``: the summaries'
 ``A_i = R_i - mean_g R``; ``base="grpo"`` gives the std-normalised variant), so the modulation composes
 with any estimator whose inputs are among ``rewards, group_ids``. The decoded responses are read from
 ``ctx.extras["responses"]`` (the trainer sets them).
@@ -36,7 +36,7 @@ tensor.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor
@@ -45,16 +45,22 @@ from rlvr.algos.context import AlgoContext
 from rlvr.algos.entropy_advantage import WrapsBase, build_base_component
 from rlvr.algos.groups import group_index
 from rlvr.algos.registry import advantage
+from rlvr.algos.shaping import check_choice
 from rlvr.errors import ConfigError, MissingInputError
 
 SEED_REQUIRES = ("rewards", "group_ids")
-EXTRACT_MODES = ("boxed", "last_line", "first_line", "full")
-MISSING_MODES = ("singleton", "cluster")
-SE_ESTIMATORS = ("cluster_mean", "shannon")
-SCALE_FNS = ("linear", "exp", "focal")
+ExtractMode = Literal["boxed", "last_line", "first_line", "full"]
+MissingMode = Literal["singleton", "cluster"]
+SeEstimator = Literal["cluster_mean", "shannon"]
+ScaleFn = Literal["linear", "exp", "focal"]
+EXTRACT_MODES: tuple[str, ...] = get_args(ExtractMode)
+MISSING_MODES: tuple[str, ...] = get_args(MissingMode)
+SE_ESTIMATORS: tuple[str, ...] = get_args(SeEstimator)
+SCALE_FNS: tuple[str, ...] = get_args(ScaleFn)
+WHO = "advantage 'seed_grpo'"
 
 
-def extract_answer(response: str, mode: str) -> str | None:
+def extract_answer(response: str, mode: ExtractMode) -> str | None:
     """The final answer of ``response`` under ``mode`` (whitespace-normalised), None if there is none."""
     if not isinstance(response, str):
         return None
@@ -69,15 +75,16 @@ def extract_answer(response: str, mode: str) -> str | None:
     elif mode == "full":
         answer = response
     else:
-        raise ConfigError(f"advantage 'seed_grpo': unknown extract '{mode}'; valid: {', '.join(EXTRACT_MODES)}")
+        raise ConfigError(f"{WHO}: unknown extract '{mode}'; valid: {', '.join(EXTRACT_MODES)}")
     if answer is None:
         return None
     answer = " ".join(answer.split())
     return answer or None
 
 
-def cluster_sizes(answers: Sequence[str | None], missing: str = "singleton") -> list[int]:
+def cluster_sizes(answers: Sequence[str | None], missing: MissingMode = "singleton") -> list[int]:
     """Sizes ``n_k`` of the answer-equality clusters of one group (order of first appearance)."""
+    check_choice(WHO, "missing", missing, MISSING_MODES)
     counts: dict[Any, int] = {}
     for i, answer in enumerate(answers):
         key: Any = answer
@@ -87,8 +94,9 @@ def cluster_sizes(answers: Sequence[str | None], missing: str = "singleton") -> 
     return list(counts.values())
 
 
-def semantic_entropy(sizes: Sequence[int], estimator: str = "cluster_mean") -> float:
+def semantic_entropy(sizes: Sequence[int], estimator: SeEstimator = "cluster_mean") -> float:
     """``-(1/K) sum_k log(n_k / G)`` (``cluster_mean``) or ``-sum_k (n_k/G) log(n_k / G)`` (``shannon``)."""
+    check_choice(WHO, "estimator", estimator, SE_ESTIMATORS)
     total = sum(sizes)
     if total == 0:
         return 0.0
@@ -98,8 +106,9 @@ def semantic_entropy(sizes: Sequence[int], estimator: str = "cluster_mean") -> f
     return -sum((n / total) * lg for n, lg in zip(sizes, logs))
 
 
-def scale_factor(x: float, fn: str, gamma: float = 2.0) -> float:
+def scale_factor(x: float, fn: ScaleFn, gamma: float = 2.0) -> float:
     """``f(x)``: linear ``1 - x``, exp ``exp(-x)``, focal ``(1 - x)^gamma`` (``x`` clamped to [0, 1] for focal)."""
+    check_choice(WHO, "fn", fn, SCALE_FNS)
     if fn == "linear":
         return 1.0 - x
     if fn == "exp":
@@ -123,11 +132,11 @@ class SeedGRPO(WrapsBase):
         self,
         *,
         alpha: float = 0.5,
-        fn: str = "linear",
+        fn: ScaleFn = "linear",
         gamma: float = 2.0,
-        extract: str = "boxed",
-        missing: str = "singleton",
-        estimator: str = "cluster_mean",
+        extract: ExtractMode = "boxed",
+        missing: MissingMode = "singleton",
+        estimator: SeEstimator = "cluster_mean",
         base: str = "dr_grpo",
         base_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -138,8 +147,7 @@ class SeedGRPO(WrapsBase):
             ("missing", missing, MISSING_MODES),
             ("estimator", estimator, SE_ESTIMATORS),
         ):
-            if value not in valid:
-                raise ConfigError(f"{who}: unknown {knob} '{value}'; valid: {', '.join(valid)}")
+            check_choice(who, knob, value, valid)
         if not alpha >= 0:
             raise ConfigError(f"{who}: alpha must be >= 0, got {alpha}")
         if not gamma >= 0:

@@ -11,7 +11,8 @@ Linn3a/siren ``verl/verl/workers/actor/dp_actor.py`` and ``verl/verl/trainer/ppo
 2. **Peak-entropy mask over positions** (:func:`peak_entropy_mask`): per response, keep the tokens
    whose entropy is strictly above that response's 0.8-quantile.
 3. **Selected entropy** ``H_sel = seq-mean-token-mean(H over the peak mask)``, computed on the
-   micro-batch (local normalisers), as the official ``agg_loss`` call in ``update_policy``.
+   micro-batch (local normalisers), as the official ``agg_loss`` call in ``update_policy``; a
+   response with no selected token counts as 0 in the mean over all rows (:func:`selected_entropy`).
 4. **Self-anchored loss** ``L = coef * (H_sel - H_anchor)^2 * f`` with ``coef = 0.005``;
    ``H_anchor`` is the same quantity on the *first* rollout batch under the initial policy, then held
    fixed (saved in checkpoints via ``state_dict``).
@@ -37,12 +38,12 @@ Registered names (``requires`` is static per name, so each ablation has its own 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from rlvr.algos.aggregation import AGG_MODES, aggregate
+from rlvr.algos.aggregation import AGG_MODES, AggMode, aggregate
 from rlvr.algos.context import AlgoContext, RegularizerOutput
 from rlvr.algos.registry import regularizer
 from rlvr.errors import ConfigError, MissingInputError
@@ -89,16 +90,17 @@ def peak_entropy_mask(entropy: Tensor, response_mask: Tensor, quantile: float = 
 def selected_entropy(entropy: Tensor, response_mask: Tensor, quantile: float = 0.8) -> tuple[Tensor, Tensor]:
     """``(H_sel, peak_mask)``: seq-mean-token-mean of ``entropy`` over the peak-entropy mask.
 
-    ``H_sel = 1/B' * sum_i (sum_t H_{i,t} s_{i,t} / sum_t s_{i,t})`` with ``s`` the peak mask and
-    ``B'`` the number of responses with at least one selected token (``aggregation.aggregate``).
-    The official older-verl ``agg_loss`` divides by ``sum_t s_{i,t} = 0`` for such a response and
-    turns the whole loss into NaN (verl then skips the optimizer step); we leave those rows out.
+    ``H_sel = 1/B * sum_i (sum_t H_{i,t} s_{i,t} / sum_t s_{i,t})`` with ``s`` the peak mask, ``B``
+    the number of rows of ``entropy`` and a row with no selected token (``sum_t s_{i,t} = 0``)
+    contributing 0, as the official ``agg_loss`` (Linn3a/siren ``verl/verl/trainer/ppo/core_algos.py``,
+    ``seq-mean-token-mean``: per-row means filled only where the mask is non-empty, then
+    ``torch.mean`` over all rows). A batch that selects nothing gives ``H_sel = 0``.
     The gradient flows through ``entropy`` at the selected positions only (the mask is detached):
-    ``dH_sel / dH_{i,t} = s_{i,t} / (B' * sum_t s_{i,t})``.
+    ``dH_sel / dH_{i,t} = s_{i,t} / (B * sum_t s_{i,t})``.
     """
     sel = peak_entropy_mask(entropy, response_mask, quantile)
     clean = torch.where(response_mask > 0, entropy, torch.zeros_like(entropy))  # NaN-safe padding
-    return aggregate(clean, sel, PEAK_AGG_MODE), sel
+    return aggregate(clean, sel, PEAK_AGG_MODE, num_seqs=float(entropy.shape[0])), sel
 
 
 def _unscaled(loss: Tensor, fraction: float) -> float:
@@ -123,7 +125,7 @@ def _check_common(coef: float, quantile: float, who: str) -> None:
         raise ConfigError(f"regularizer '{who}': quantile must be in [0, 1], got {quantile}")
 
 
-def _check_agg_mode(agg_mode: str | None, who: str) -> None:
+def _check_agg_mode(agg_mode: AggMode | None, who: str) -> None:
     if agg_mode is not None and agg_mode not in AGG_MODES:
         raise ConfigError(
             f"regularizer '{who}': unknown agg_mode '{agg_mode}'; valid: {', '.join(AGG_MODES)} "
@@ -155,7 +157,8 @@ class Siren:
     ``prepare(ctx)`` (once per step, rollout batch, no grad) computes ``H_sel`` of
     ``ctx.old_top_p_entropy`` and, on the first call whose batch selects at least one token, stores
     it as the anchor; afterwards the anchor never changes (official: set at ``global_steps == 1`` from
-    the ``compute_log_prob`` entropies, then written back unchanged every step).
+    the ``compute_log_prob`` entropies, then written back unchanged every step). Waiting for a batch
+    that selects something is rlvr's choice: the official step-1 anchor of such a batch would be 0.
     ``state_dict() -> {"anchor": float | None}``.
     """
 
@@ -212,11 +215,12 @@ class Siren:
         old = _field(ctx, self.old_field, self._who())
         with torch.no_grad():
             h_old, sel = selected_entropy(old, ctx.response_mask, self.quantile)
-        metrics = {f"{self.prefix}/old_frac_selected": _fraction(sel, ctx.response_mask)}
-        if float(sel.sum()) > 0:  # with no selected token the mean is undefined, not 0
-            metrics[f"{self.prefix}/old_selected_entropy"] = float(h_old)
+        metrics = {
+            f"{self.prefix}/old_frac_selected": _fraction(sel, ctx.response_mask),
+            f"{self.prefix}/old_selected_entropy": float(h_old),
+        }
         if self.use_anchor:
-            if self.anchor is None and float(sel.sum()) > 0:
+            if self.anchor is None and float(sel.sum()) > 0:  # rlvr: an empty first batch sets none
                 self.anchor = float(h_old)
             if self.anchor is not None:
                 metrics[f"{self.prefix}/anchor"] = self.anchor
@@ -233,9 +237,10 @@ class Siren:
         current = _field(ctx, self.current_field, self._who())
         h_sel, sel = selected_entropy(current, ctx.response_mask, self.quantile)
         f = float(ctx.micro_batch_fraction)
-        metrics = {f"{self.prefix}/frac_selected": _fraction(sel, ctx.response_mask)}
-        if float(sel.sum()) > 0:  # with no selected token the mean is undefined, not 0
-            metrics[f"{self.prefix}/selected_entropy"] = float(h_sel.detach())
+        metrics = {
+            f"{self.prefix}/frac_selected": _fraction(sel, ctx.response_mask),
+            f"{self.prefix}/selected_entropy": float(h_sel.detach()),
+        }
         if self.use_anchor:
             if self.anchor is None:
                 if not self._prepared:
@@ -303,13 +308,14 @@ class SirenWithoutAnchor(Siren):
 # --------------------------------------------------------------------------------------------------
 
 
-def _mean_entropy(values: Tensor, ctx: AlgoContext, agg_mode: str | None) -> Tensor:
+def _mean_entropy(values: Tensor, ctx: AlgoContext, agg_mode: AggMode | None) -> Tensor:
     """``H_bar``: ``values`` aggregated over all response tokens with local (micro-batch) normalisers."""
     clean = torch.where(ctx.response_mask > 0, values, torch.zeros_like(values))
     return aggregate(clean, ctx.response_mask, agg_mode or ctx.agg_mode, norm_length=ctx.padded_length)
 
 
-ADAPTIVE_UPDATES = ("step", "micro_batch")
+AdaptiveUpdate = Literal["step", "micro_batch"]
+ADAPTIVE_UPDATES: tuple[str, ...] = get_args(AdaptiveUpdate)
 
 
 @regularizer.register("entropy_adaptive", requires=("entropy", "old_entropy"))
@@ -345,8 +351,8 @@ class AdaptiveEntropyBonus:
         *,
         coef: float = 0.005,
         lr_c: float = 0.01,
-        agg_mode: str | None = PEAK_AGG_MODE,
-        update: str = "step",
+        agg_mode: AggMode | None = PEAK_AGG_MODE,
+        update: AdaptiveUpdate = "step",
     ) -> None:
         _check_agg_mode(agg_mode, "entropy_adaptive")
         if update not in ADAPTIVE_UPDATES:

@@ -1,15 +1,18 @@
 """STEER token reweighting by predicted entropy change (stage: token_weight).
 
-"Rethinking Entropy Interventions in RLVR: an Entropy-Change Perspective" (STEER; methods.md section
-5.5; official code zz-haooo/STEER ``core_algos.compute_token_weights``). Per valid token, without
+"Rethinking Entropy Interventions in RLVR: an Entropy-Change Perspective" (STEER; official code
+zz-haooo/STEER ``verl/trainer/ppo/core_algos.py`` ``compute_token_weights``). Per valid token, without
 gradient, with ``pi = clamp(exp(log pi_theta(o_t)), 1e-8, 1 - 1e-8)`` (current policy),
-``pi_old = clamp(exp(log pi_old(o_t)), 1e-8, 1)`` and ``H`` the current token entropy:
+``pi_old = clamp(exp(log pi_old(o_t)), 1e-8, 1)`` and ``H`` the token entropy of the *rollout*
+policy (``ctx.old_entropy``):
 
     Omega_{i,t} = | A_{i,t} / pi_old * pi (1 - pi) (log pi + H_{i,t}) |
 
 (the first-order entropy change a policy-gradient step on that token causes; non-finite values are
-set to 0 as in the official code). With ``Omega_min`` / ``Omega_max`` over the valid tokens of the
-micro-batch:
+set to 0 as in the official code). ``H`` is the official ``data["entropys"]``: the entropies of the
+old-policy ``compute_log_prob`` forward (``ray_trainer.fit``), reused by every mini-batch of the step
+(``dp_actor.update_policy``), so only on the first mini-batch does it equal the current entropy.
+With ``Omega_min`` / ``Omega_max`` over the valid tokens of the micro-batch:
 
 * ``mode="linear"``: ``w = clip(w_max - (Omega - Omega_min) (w_max - w_min) / (Omega_max - Omega_min),
   w_min, w_max)``; if every ``Omega`` is equal, ``w = (w_min + w_max) / 2``. The token with the
@@ -29,6 +32,7 @@ Metrics: ``steer/weight_mean|min|max`` and ``steer/omega_mean|max`` over valid t
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -36,9 +40,11 @@ from torch import Tensor
 from rlvr.algos.context import AlgoContext, TokenWeightOutput
 from rlvr.algos.ppo_clip import masked_float
 from rlvr.algos.registry import token_weight
+from rlvr.algos.shaping import check_choice
 from rlvr.errors import ConfigError
 
-STEER_MODES = ("linear", "exponential")
+SteerMode = Literal["linear", "exponential"]
+STEER_MODES: tuple[str, ...] = get_args(SteerMode)
 PROB_EPS = 1e-8
 EXP_OMEGA_FLOOR = 0.02
 
@@ -46,7 +52,10 @@ EXP_OMEGA_FLOOR = 0.02
 def entropy_change_magnitude(
     advantages: Tensor, entropy: Tensor, logprobs: Tensor, old_logprobs: Tensor, response_mask: Tensor
 ) -> Tensor:
-    """``Omega = |A / pi_old * pi (1 - pi) (log pi + H)|`` per token, 0 on padding and where non-finite."""
+    """``Omega = |A / pi_old * pi (1 - pi) (log pi + H)|`` per token, 0 on padding and where non-finite.
+
+    ``entropy`` is ``H``, the rollout policy's token entropy (module docstring).
+    """
     valid = response_mask > 0
     dtype = torch.promote_types(logprobs.dtype, torch.float32)
     zero = torch.zeros((), dtype=dtype, device=response_mask.device)
@@ -61,8 +70,9 @@ def entropy_change_magnitude(
     return torch.where(valid, omega, zero)
 
 
-def steer_weights(omega: Tensor, response_mask: Tensor, *, mode: str, w_min: float, w_max: float) -> Tensor:
+def steer_weights(omega: Tensor, response_mask: Tensor, *, mode: SteerMode, w_min: float, w_max: float) -> Tensor:
     """Map ``Omega`` to weights (module docstring), min/max over the valid tokens; 0 on padding."""
+    check_choice("token_weight 'steer'", "mode", mode, STEER_MODES)
     valid = response_mask > 0
     weights = torch.zeros_like(omega)
     values = omega[valid]
@@ -82,24 +92,23 @@ def steer_weights(omega: Tensor, response_mask: Tensor, *, mode: str, w_min: flo
     return weights
 
 
-@token_weight.register("steer", requires=("entropy", "logprobs", "old_logprobs", "advantages"))
-def steer(ctx: AlgoContext, *, mode: str = "linear", w_min: float = 0.8, w_max: float = 1.2) -> TokenWeightOutput:
+@token_weight.register("steer", requires=("old_entropy", "logprobs", "old_logprobs", "advantages"))
+def steer(ctx: AlgoContext, *, mode: SteerMode = "linear", w_min: float = 0.8, w_max: float = 1.2) -> TokenWeightOutput:
     """STEER: down-weight tokens with a large predicted entropy change ``Omega`` (module docstring).
 
     Knobs: ``mode`` (``"linear"`` | ``"exponential"``), ``w_min`` (0.8), ``w_max`` (1.2; linear only).
     """
     who = "token_weight 'steer'"
-    if mode not in STEER_MODES:
-        raise ConfigError(f"{who}: unknown mode '{mode}'; valid: {', '.join(STEER_MODES)}")
+    check_choice(who, "mode", mode, STEER_MODES)
     if not 0.0 < w_min <= w_max:
         raise ConfigError(f"{who}: need 0 < w_min <= w_max, got {w_min}, {w_max}")
     if mode == "exponential" and w_min > 1.0:
         raise ConfigError(f"{who}: exponential mode needs w_min <= 1, got {w_min}")
-    ctx.require("entropy", "logprobs", "old_logprobs", "advantages", who=who)
-    assert ctx.entropy is not None and ctx.logprobs is not None
+    ctx.require("old_entropy", "logprobs", "old_logprobs", "advantages", who=who)
+    assert ctx.old_entropy is not None and ctx.logprobs is not None
     assert ctx.old_logprobs is not None and ctx.advantages is not None
     mask = ctx.response_mask
-    omega = entropy_change_magnitude(ctx.advantages, ctx.entropy, ctx.logprobs, ctx.old_logprobs, mask)
+    omega = entropy_change_magnitude(ctx.advantages, ctx.old_entropy, ctx.logprobs, ctx.old_logprobs, mask)
     weights = steer_weights(omega, mask, mode=mode, w_min=w_min, w_max=w_max).to(mask.dtype)
     valid_w = weights[mask > 0]
     metrics = {

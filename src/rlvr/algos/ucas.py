@@ -1,7 +1,8 @@
 """UCAS, uncertainty-aware advantage shaping (arXiv 2510.10649) (stage: advantage).
 
-Methods.md section 4.5 (official code xvolcano02/UCAS ``core_algos.compute_ucas_advantage``,
-``torch_functional.self_certainty_from_logits``, ``dp_actor.py``), read from the rollout policy:
+Official code xvolcano02/UCAS (``verl/trainer/ppo/core_algos.py`` ``compute_ucas_advantage``,
+``verl/utils/torch_functional.py`` ``self_certainty_from_logits``, ``verl/workers/actor/dp_actor.py``),
+read from the rollout policy:
 
 1. Token self-certainty ``c_{i,t} = logsumexp(z) - mean_v z_v`` (temperature-scaled logits;
    ``ctx.old_self_certainty``, ``rlvr.ops.certainty``). Response certainty ``C_i = sum_t c_{i,t}`` (a
@@ -20,11 +21,11 @@ Methods.md section 4.5 (official code xvolcano02/UCAS ``core_algos.compute_ucas_
    ``-penalty * z_hat``.
 
 Constants (hard-coded officially, knobs here): ``beta_pos = 0.25``, ``beta_neg = 0.35``,
-``penalty = 0.05``, ``eps = 1e-6``. Note: the stored snapshot of the official repo we could read
-(commit f8db352) differs from methods.md's commit (b122ff2): there ``beta_neg = 0.25``,
-``penalty = 0.01``, the response certainty is a per-token *mean* of ``log(1/V) - log p(o_t)``, the
-min-max is per response (``logit_norm="row"``), and there is no clamp. We follow methods.md;
-``certainty_agg="mean"`` and ``logit_norm="row"`` cover part of the other reading.
+``penalty = 0.05``, ``eps = 1e-6`` (official commit b122ff2). Note: another snapshot of the official
+repo (commit f8db352) differs: there ``beta_neg = 0.25``, ``penalty = 0.01``, the response certainty
+is a per-token *mean* of ``log(1/V) - log p(o_t)``, the min-max is per response
+(``logit_norm="row"``), and there is no clamp. We follow b122ff2; ``certainty_agg="mean"`` and
+``logit_norm="row"`` cover part of the other reading.
 
 The modulation composes with any base estimator whose inputs are among ``rewards, group_ids`` (the
 sign test and ``A M`` are per token, so token-level bases work too). The last call's statistics are
@@ -33,7 +34,7 @@ kept in ``self.metrics``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -42,16 +43,20 @@ from rlvr.algos.context import AlgoContext
 from rlvr.algos.entropy_advantage import WrapsBase, build_base_component
 from rlvr.algos.groups import group_count, group_mean, group_std
 from rlvr.algos.registry import advantage
+from rlvr.algos.shaping import check_choice
 from rlvr.errors import ConfigError
 
 UCAS_REQUIRES = ("rewards", "group_ids", "old_self_certainty", "old_raw_logit")
-CERTAINTY_AGGS = ("sum", "mean")
-LOGIT_NORMS = ("batch", "row")
+CertaintyAgg = Literal["sum", "mean"]
+LogitNorm = Literal["batch", "row"]
+CERTAINTY_AGGS: tuple[str, ...] = get_args(CertaintyAgg)
+LOGIT_NORMS: tuple[str, ...] = get_args(LogitNorm)
 RANGE_EPS = 1e-8
 
 
-def response_certainty(self_certainty: Tensor, response_mask: Tensor, agg: str = "sum") -> Tensor:
+def response_certainty(self_certainty: Tensor, response_mask: Tensor, agg: CertaintyAgg = "sum") -> Tensor:
     """``C_i``: sum (or mean) of the valid tokens' self-certainty, ``(B,)`` float64."""
+    check_choice("advantage 'ucas'", "certainty_agg", agg, CERTAINTY_AGGS)
     valid = response_mask > 0
     c = torch.where(valid, self_certainty.double(), torch.zeros((), dtype=torch.float64, device=valid.device))
     total = c.sum(dim=-1)
@@ -68,8 +73,9 @@ def group_zscore(values: Tensor, group_ids: Tensor, *, norm_by_std: bool = True,
     return torch.where(group_count(group_ids) > 1, centred, torch.zeros_like(centred))
 
 
-def minmax_normalise(values: Tensor, response_mask: Tensor, scope: str = "batch") -> Tensor:
+def minmax_normalise(values: Tensor, response_mask: Tensor, scope: LogitNorm = "batch") -> Tensor:
     """Min-max to [0, 1] over the valid tokens (of the batch, or of each row); 0 for a constant pool / padding."""
+    check_choice("advantage 'ucas'", "logit_norm", scope, LOGIT_NORMS)
     valid = response_mask > 0
     x = values.double()
     inf = torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
@@ -102,9 +108,9 @@ class UCAS(WrapsBase):
         beta_pos: float = 0.25,
         beta_neg: float = 0.35,
         penalty: float = 0.05,
-        certainty_agg: str = "sum",
+        certainty_agg: CertaintyAgg = "sum",
         norm_certainty_by_std: bool = True,
-        logit_norm: str = "batch",
+        logit_norm: LogitNorm = "batch",
         eps: float = 1e-6,
         base: str = "grpo",
         base_kwargs: dict[str, Any] | None = None,

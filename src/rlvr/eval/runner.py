@@ -31,6 +31,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -50,7 +51,7 @@ from rlvr.eval.metrics import (
 )
 from rlvr.rollout.hf import HFRollout
 from rlvr.tasks import build_task
-from rlvr.tasks.base import Problem, Task, stable_hash
+from rlvr.tasks.base import Problem, Task, context_length, drop_unusable, stable_hash
 
 # --------------------------------------------------------------------------------------------------
 # Data
@@ -249,9 +250,9 @@ def resolve_data(
         if not name:
             raise ConfigError(f"--data: '{spec}' names no {'dataset' if kind == 'gym' else 'task'}")
         if kind == "gym":
-            task = build_task("reasoning_gym", {"dataset": name, **knobs})
+            task = build_task("reasoning_gym", {"dataset": name, **knobs}, where="--task-arg")
         else:
-            task = build_task(name, knobs)
+            task = build_task(name, knobs, where="--task-arg")
         count = limit or DEFAULT_PROCEDURAL_PROBLEMS
         problems = task.heldout_problems(count)
         if not problems:
@@ -498,6 +499,38 @@ def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def _usable_prompts(
+    problems: list[Problem], model: Path | Any, tokenizer: Any, trust_remote_code: bool, console: Any
+) -> tuple[list[Problem], Counter[str]]:
+    """``problems`` without prompts longer than the model's context (or empty); one warning for the rest.
+
+    ``model`` is a model directory (its tokenizer is loaded to count tokens) or a loaded model.
+    """
+    from rich.markup import escape
+
+    if isinstance(model, Path):
+        from rlvr.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(str(model), trust_remote_code=trust_remote_code)
+        try:
+            config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}  # loading the model reports a broken config.json
+    else:
+        config = model.config.to_dict() if hasattr(getattr(model, "config", None), "to_dict") else {}
+    kept, skipped, note = drop_unusable(
+        problems,
+        lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]),
+        context_length(config) if isinstance(config, dict) else None,
+        "evaluation",
+    )
+    if note:
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
+    if problems and not kept:
+        raise ConfigError(f"--data: no prompt fits the model ({note})")
+    return kept, skipped
+
+
 @torch.no_grad()
 def _entropies(model: Any, batch: Any, temperature: float, rows: int, chunk_size: int) -> list[float]:
     """Mean per-token entropy (of the sampling distribution) of each response."""
@@ -561,6 +594,7 @@ def evaluate_model(
     overwrite: bool = False,
     progress: bool = True,
     console: Any = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Sample ``n`` responses per prompt of ``data`` from ``model``, verify them, and summarise.
 
@@ -569,7 +603,8 @@ def evaluate_model(
     be 1; entropies are taken at temperature 1). Writes ``results.jsonl``, ``eval_config.json``,
     ``summary.json`` and ``summary.md`` under ``out_dir`` and returns the summary dict, whose
     ``metrics`` holds accuracy (= avg@n), pass@k and maj@k for ``ks`` (default 1, 2, 4, .. n), length
-    statistics, token entropy, answer diversity and accuracy per 1k tokens.
+    statistics, token entropy, answer diversity and accuracy per 1k tokens. Python code shipped in
+    the model directory runs only with ``trust_remote_code=True``.
     """
     from rich.console import Console
 
@@ -642,6 +677,7 @@ def evaluate_model(
         if problem.id not in seen:
             seen.add(problem.id)
             problems.append(problem)
+    problems, skipped = _usable_prompts(problems, model_path or model, tokenizer, trust_remote_code, console)
     done = read_results(results_path)
     todo = [p for p in problems if p.id not in done]
     t0 = time.perf_counter()
@@ -651,7 +687,9 @@ def evaluate_model(
             from rlvr.models.loading import load_model_and_tokenizer
 
             dev = _pick_device(device)
-            model, tokenizer = load_model_and_tokenizer(str(model_path), dtype=_pick_dtype(dtype, dev))
+            model, tokenizer = load_model_and_tokenizer(
+                str(model_path), dtype=_pick_dtype(dtype, dev), trust_remote_code=trust_remote_code
+            )
             model.to(dev)
         was_training = bool(getattr(model, "training", False))
         model.eval()
@@ -723,7 +761,7 @@ def evaluate_model(
             raise ConfigError(f"{results_path}: prompt {record['id']} has {len(record['correct'])} samples, not n={n}")
     summary = {
         "settings": settings,
-        "data": {"name": eval_data.name, **eval_data.info},
+        "data": {"name": eval_data.name, **eval_data.info, **({"skipped_prompts": dict(skipped)} if skipped else {})},
         "task": getattr(eval_data.task, "name", type(eval_data.task).__name__),
         "metrics": summarize(final, n, ks),
         "complete": len(final) == len(problems),

@@ -1,7 +1,7 @@
 """Token self-certainty and the raw logit of the sampled token (UCAS), chunked, no grad.
 
-UCAS (arXiv 2510.10649; methods.md section 4.5; official code xvolcano02/UCAS
-``torch_functional.self_certainty_from_logits``, ``core_algos.compute_ucas_advantage``) reads two
+UCAS (arXiv 2510.10649; official code xvolcano02/UCAS ``verl/utils/torch_functional.py``
+``self_certainty_from_logits``, ``verl/trainer/ppo/core_algos.py`` ``compute_ucas_advantage``) reads two
 per-token quantities of the rollout policy:
 
 * self-certainty ``c = logsumexp(z) - mean_v z_v`` with ``z = (h @ W^T) / T`` the temperature-scaled
@@ -9,8 +9,9 @@ per-token quantities of the rollout policy:
   per-token statistic). ``c = KL(U || p) + log V >= log V`` (``U`` uniform over the ``V`` tokens), so
   ``c`` is large when the distribution is peaked. ``mean_v z_v`` is cheap but ``logsumexp`` needs
   every logit, hence the chunking.
-* the raw logit of the sampled token ``h . W[o_t]``, *before* temperature scaling (methods.md:
-  "raw (pre-temperature) logit"). It needs no vocabulary pass.
+* the raw logit of the sampled token ``h . W[o_t]``, *before* temperature scaling (the official
+  ``verl/workers/actor/dp_actor.py`` ``_forward_micro_batch`` gathers ``actual_token_logits`` before
+  ``logits.div_(temperature)``). It needs no vocabulary pass.
 
 Both are used as fixed (detached) inputs of an advantage, so this kernel carries no gradient.
 """

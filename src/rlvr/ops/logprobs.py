@@ -1,8 +1,9 @@
 """Chunked log-probabilities and full-vocabulary entropy from hidden states and the LM-head weight.
 
 The policy needs, at every response position, ``log pi(target)`` and (for entropy bonuses,
-entropy-aware advantages and monitoring) the token entropy over the whole vocabulary
-(methods.md section 0)::
+entropy-aware advantages and monitoring) the token entropy over the whole vocabulary (verl
+``verl/utils/torch_functional.py`` ``logprobs_from_logits`` / ``entropy_from_logits``, on logits
+divided by the rollout temperature)::
 
     z = (h @ W^T) / T                              temperature-scaled logits, shape (N, V)
     logp = z[target] - logsumexp(z)
@@ -13,7 +14,8 @@ fp32, several times that once autograd keeps softmax outputs). :func:`chunked_lo
 computes the same values ``chunk_size`` tokens at a time and recomputes each chunk's logits in the
 backward pass, so the extra memory is ``O(chunk_size x V)`` (two re-used ``(chunk, V)`` float32
 workspaces) besides the ``V x D`` weight gradient. This is the scheme verl uses in
-``FusedLinearForPPO`` (anchors.md section 1.4); the code here is written from the formulas.
+``FusedLinearForPPO`` (volcengine/verl ``verl/utils/experimental/torch_functional.py``); the code
+here is written from the formulas.
 
 All per-chunk arithmetic is done in float32 (float64 when the inputs are float64), whatever the
 dtype of ``hidden`` and ``weight``; outputs are in that compute dtype and gradients in the input
@@ -248,7 +250,7 @@ def chunked_logprobs_entropy(
 ) -> tuple[Tensor, Tensor | None]:
     r"""Per-token ``log pi(target)`` and full-vocabulary entropy, without the ``N x V`` logits.
 
-    With ``z = (hidden @ weight^T) / temperature`` and ``p = softmax(z)`` (methods.md section 0):
+    With ``z = (hidden @ weight^T) / temperature`` and ``p = softmax(z)`` (module docstring):
 
     * ``logp_i = z_{i,target_i} - logsumexp(z_i)``
     * ``H_i = logsumexp(z_i) - sum_v p_{iv} z_{iv}`` (evaluated as ``sum_v p (lse - z)``)

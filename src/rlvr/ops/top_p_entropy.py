@@ -1,6 +1,6 @@
 """SIREN top-p (renormalised) entropy, chunked over tokens, from hidden states and the LM-head weight.
 
-Definition (methods.md section 5.1; SIREN, arXiv 2509.25133, official code Linn3a/siren
+Definition (SIREN, arXiv 2509.25133, official code Linn3a/siren ``verl/verl/workers/actor/dp_actor.py``
 ``efficient_top_p_sampling``), per position with ``z = (h @ W^T) / T`` and ``p = softmax(z)``:
 
 1. take the ``k = min(top_k, V)`` largest logits (rank 0 = most likely) and the cumulative

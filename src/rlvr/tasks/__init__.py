@@ -14,13 +14,13 @@ from rlvr.tasks import arithmetic, countdown, gym, math  # noqa: F401 - register
 from rlvr.tasks.base import Problem, Task, tasks
 
 
-def build_task(name: str, knobs: dict[str, Any] | None = None) -> Task:
+def build_task(name: str, knobs: dict[str, Any] | None = None, where: str = "task.kwargs") -> Task:
     """An instance of the task registered as ``name`` with ``knobs``.
 
-    An unknown name raises UnknownNameError listing the valid names; an unknown knob raises
-    ConfigError listing the valid knobs.
+    An unknown name raises UnknownNameError listing the valid names; an unknown knob or a value of
+    the wrong type raises ConfigError naming ``where`` (the config key or CLI flag the knobs came from).
     """
-    return tasks.build(name, knobs or {}, where="task").fn
+    return tasks.build(name, knobs or {}, where=where).fn
 
 
 __all__ = ["Problem", "Task", "build_task", "tasks"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from rlvr.algos.registry import Registry
+from rlvr.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,63 @@ def draw_heldout(generate: Callable[[random.Random], Problem], n: int, what: str
         out.append(problem)
         misses = 0
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts a model can take: shared by the trainer's training and held-out sets and by ``rlvr eval``
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+"""Hugging Face config fields that give a model's context length, in the order they are tried."""
+
+
+def context_length(config: Mapping[str, Any]) -> int | None:
+    """The context length recorded in a model config dict (also under ``text_config``), or None."""
+    for source in (config, config.get("text_config") or {}):
+        for key in CONTEXT_KEYS:
+            value = source.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def prompt_issue(problem: Any, count_tokens: Callable[[str], int], max_tokens: int | None) -> str | None:
+    """Why ``problem`` cannot be prompted (None if it can).
+
+    ``wrong_type`` (not a Problem with a str prompt), ``empty_prompt``, or ``long_prompt`` (more
+    than ``max_tokens`` tokens by ``count_tokens``; no limit when ``max_tokens`` is None).
+    """
+    if not isinstance(problem, Problem) or not isinstance(problem.prompt, str):
+        return "wrong_type"
+    if not problem.prompt.strip():
+        return "empty_prompt"
+    if max_tokens is not None and count_tokens(problem.prompt) > max_tokens:
+        return "long_prompt"
+    return None
+
+
+def drop_unusable(
+    problems: list[Any], count_tokens: Callable[[str], int], max_tokens: int | None, what: str
+) -> tuple[list[Problem], Counter[str], str | None]:
+    """``problems`` without those :func:`prompt_issue` rejects, the rejections by reason, and one
+    warning line naming their number, reasons and first ids (None when nothing was dropped)."""
+    kept: list[Problem] = []
+    skipped: Counter[str] = Counter()
+    shown: list[str] = []
+    for problem in problems:
+        reason = prompt_issue(problem, count_tokens, max_tokens)
+        if reason is None:
+            kept.append(problem)
+            continue
+        skipped[reason] += 1
+        if len(shown) < 3:
+            shown.append(str(getattr(problem, "id", repr(problem)[:40])))
+    if not skipped:
+        return kept, skipped, None
+    labels = {"long_prompt": f"longer than {max_tokens} tokens"}
+    reasons = ", ".join(f"{count} {labels.get(r, r.replace('_', ' '))}" for r, count in sorted(skipped.items()))
+    more = ", ..." if sum(skipped.values()) > len(shown) else ""
+    note = f"skipping {sum(skipped.values())} of {len(problems)} {what} problems ({reasons}): {', '.join(shown)}{more}"
+    return kept, skipped, note
 
 
 tasks = Registry("task", package="rlvr.tasks")

@@ -15,7 +15,7 @@ import hashlib
 import importlib
 import random
 import re
-from typing import Any
+from typing import Any, Literal, get_args
 
 from rlvr.errors import ConfigError
 from rlvr.tasks.base import Problem, draw_train, is_heldout, tasks
@@ -24,12 +24,19 @@ from rlvr.tasks.math import extract_boxed
 DEFAULT_PROMPT_TEMPLATE = "{question}\nPut your final answer within \\boxed{}."
 """``{question}`` is replaced by reasoning-gym's question text; other braces are literal."""
 
-EXTRACTORS = ("boxed", "answer_tag", "first_line", "raw")
+Extractor = Literal["boxed", "answer_tag", "first_line", "raw"]
+EXTRACTORS: tuple[str, ...] = get_args(Extractor)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-def extract_answer(response: str, how: str) -> str | None:
+def _check_extract(how: str) -> None:
+    if how not in EXTRACTORS:
+        raise ConfigError(f"task.extract must be one of {', '.join(EXTRACTORS)}, got '{how}'")
+
+
+def extract_answer(response: str, how: Extractor) -> str | None:
     """The answer part of ``response``: last ``\\boxed{}``, last ``<answer>..</answer>``, first line, or all."""
+    _check_extract(how)
     if how == "boxed":
         return extract_boxed(response)
     if how == "answer_tag":
@@ -71,12 +78,11 @@ class ReasoningGymTask:
         threshold: float = 1.0,
         config: dict[str, Any] | None = None,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-        extract: str = "boxed",
+        extract: Extractor = "boxed",
     ) -> None:
         if "{question}" not in prompt_template:
             raise ConfigError("task.prompt_template must contain '{question}'")
-        if extract not in EXTRACTORS:
-            raise ConfigError(f"task.extract must be one of {', '.join(EXTRACTORS)}, got '{extract}'")
+        _check_extract(extract)
         if size < 1:
             raise ConfigError(f"task.size must be >= 1, got {size}")
         rg = _import_reasoning_gym()

@@ -32,9 +32,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, get_args
 
 from rlvr.errors import ConfigError
+from rlvr.files import decode_utf8
 from rlvr.tasks.base import Problem, stable_hash, tasks
 
 logger = logging.getLogger(__name__)
@@ -448,30 +449,44 @@ def verify_math(response: str, reference: str, timeout_s: float = 5.0) -> bool:
 DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 """``{question}`` is replaced by the question; other braces are literal (no ``str.format``)."""
 
-ANSWER_FORMATS = ("plain", "boxed", "gsm8k")
+AnswerFormat = Literal["plain", "boxed", "gsm8k"]
+ANSWER_FORMATS: tuple[str, ...] = get_args(AnswerFormat)
+
+
+def _check_answer_format(answer_format: str) -> None:
+    if answer_format not in ANSWER_FORMATS:
+        raise ConfigError(f"task.answer_format must be one of {', '.join(ANSWER_FORMATS)}, got '{answer_format}'")
 
 
 def _iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number or row number, record) for a .jsonl, .json (list) or .parquet file."""
     suffix = path.suffix.lower()
+    where = f"task.path: '{path}'"
     if suffix == ".parquet":
         try:
             import pandas as pd
         except ImportError as exc:
             raise ConfigError(f"task.path: reading '{path}' needs pandas and pyarrow installed") from exc
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for bad files
+            raise ConfigError(f"{where} is not a readable parquet file ({exc}); copy or export it again") from None
         for i, record in enumerate(frame.to_dict(orient="records")):
             yield i + 1, record
         return
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(decode_utf8(path.read_bytes(), where))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where} line {exc.lineno} is not valid JSON: {exc.msg} (column {exc.colno})") from None
         if not isinstance(data, list):
             raise ConfigError(f"task.path: '{path}' must hold a JSON list of objects")
         for i, record in enumerate(data):
             yield i + 1, record
         return
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # bytes, so a non-UTF-8 byte is reported with its line
+        for number, raw in enumerate(handle, start=1):
+            line = decode_utf8(raw, where, number)  # a BOM is accepted on any line (files joined with cat)
             if not line.strip():
                 continue
             try:
@@ -502,8 +517,9 @@ def _plain(value: Any) -> str:
     return str(value).strip()
 
 
-def reference_answer(value: Any, answer_format: str) -> str | None:
+def reference_answer(value: Any, answer_format: AnswerFormat) -> str | None:
     """The reference answer held in a field, per ``answer_format`` (None if it cannot be found)."""
+    _check_answer_format(answer_format)
     if answer_format == "boxed":
         boxed = extract_boxed(_plain(value))
         if boxed is None:
@@ -520,7 +536,7 @@ def load_math_problems(
     *,
     question_field: str = "problem",
     answer_field: str = "answer",
-    answer_format: str = "plain",
+    answer_format: AnswerFormat = "plain",
     solution_field: str | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     limit: int | None = None,
@@ -575,7 +591,7 @@ class MathJsonlTask:
         path: str,
         question_field: str = "problem",
         answer_field: str = "answer",
-        answer_format: str = "plain",
+        answer_format: AnswerFormat = "plain",
         solution_field: str | None = None,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         heldout_fraction: float = 0.1,
@@ -583,8 +599,7 @@ class MathJsonlTask:
         limit: int | None = None,
         timeout_s: float = 5.0,
     ) -> None:
-        if answer_format not in ANSWER_FORMATS:
-            raise ConfigError(f"task.answer_format must be one of {', '.join(ANSWER_FORMATS)}, got '{answer_format}'")
+        _check_answer_format(answer_format)
         if "{question}" not in prompt_template:
             raise ConfigError("task.prompt_template must contain '{question}'")
         if not 0.0 <= heldout_fraction <= 1.0:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rlvr.algos.aggregation import AGG_MODES
 from rlvr.errors import ConfigError
+from rlvr.files import safe_load_unique
+from rlvr.registry import REGISTRIES, builtin_catalog
 
 
 class Strict(BaseModel):
@@ -70,6 +72,9 @@ class ModelConfig(Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False
+    trust_remote_code: bool = Field(
+        False, description="run Python code shipped in model.path (auto_map); only for a model directory you trust"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -92,7 +97,7 @@ class TaskConfig(Strict):
     def _known_task(self) -> "TaskConfig":
         from rlvr.tasks.base import tasks
 
-        tasks.check_knobs(self.name, self.kwargs, where="task")
+        self.__dict__["kwargs"] = tasks.check_knobs(self.name, self.kwargs, where="task.kwargs")
         return self
 
 
@@ -102,6 +107,7 @@ class WarmStartConfig(Strict):
     steps: int | None = Field(None, ge=0, description="null: 600 for the built-in tiny model, 0 for model.path")
     batch_size: int = Field(64, gt=0)
     lr: float = Field(3e-3, gt=0)
+    checkpoint_every: int = Field(100, ge=1, description="warm-start steps between checkpoints (and at the end)")
 
 
 class AEPOConfig(Strict):
@@ -174,26 +180,25 @@ class AlgoConfig(Strict):
     @field_validator("agg_mode")
     @classmethod
     def _agg_mode(cls, value: str) -> str:
-        if value not in AGG_MODES:
-            raise ValueError(f"'{value}' is not a loss aggregation mode; valid: {', '.join(AGG_MODES)}")
+        modes = builtin_catalog().get("agg_modes") or [value]
+        if value not in modes:
+            raise ValueError(f"'{value}' is not a loss aggregation mode; valid: {', '.join(modes)}")
         return value
 
     @model_validator(mode="after")
     def _known_methods(self) -> "AlgoConfig":
-        from rlvr.algos import REGISTRIES
-
-        REGISTRIES["advantage"].check_knobs(self.advantage.name, self.advantage.kwargs, "algo.advantage")
-        REGISTRIES["policy_loss"].check_knobs(self.policy_loss.name, self.policy_loss.kwargs, "algo.policy_loss")
-        stages = {
-            "reward_shaping": "reward",
-            "token_weights": "token_weight",
-            "regularizers": "regularizer",
-            "controllers": "controller",
-        }
-        for attr, stage in stages.items():
-            for i, method in enumerate(getattr(self, attr)):
-                REGISTRIES[stage].check_knobs(method.name, method.kwargs, f"algo.{attr}[{i}]")
+        """Method names, knob names and knob values, checked against the registries (no torch import)."""
+        for method, stage, where in self.methods():
+            method.__dict__["kwargs"] = REGISTRIES[stage].check_knobs(method.name, method.kwargs, where)
         return self
+
+    def methods(self) -> list[tuple[MethodConfig, str, str]]:
+        """Every configured method with its registry stage and its dotted config key."""
+        out = [(self.advantage, "advantage", "algo.advantage"), (self.policy_loss, "policy_loss", "algo.policy_loss")]
+        lists = {"reward_shaping": "reward", "token_weights": "token_weight", "regularizers": "regularizer", "controllers": "controller"}
+        for attr, stage in lists.items():
+            out.extend((m, stage, f"algo.{attr}[{i}]") for i, m in enumerate(getattr(self, attr)))
+        return out
 
 
 class TrainConfig(Strict):
@@ -277,7 +282,7 @@ def read_config_file(name_or_path: str) -> dict[str, Any]:
     """Raw mapping from a YAML path or a packaged preset name."""
     path = Path(name_or_path)
     if path.is_file():
-        text = path.read_text()
+        text = path.read_bytes()
     else:
         packaged = importlib.resources.files("rlvr") / "configs" / f"{name_or_path}.yaml"
         if not packaged.is_file():
@@ -287,7 +292,7 @@ def read_config_file(name_or_path: str) -> dict[str, Any]:
             )
         text = packaged.read_text()
     try:
-        data = yaml.safe_load(text) or {}
+        data = safe_load_unique(text, name_or_path) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config '{name_or_path}' is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -357,19 +362,31 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     return out
 
 
+_VALIDATOR_LOC = re.compile(r"^function-(after|before|wrap|plain)\[")
+"""pydantic's location entries for validator functions (not keys a user wrote)."""
+
+
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
-        dotted = ".".join(loc) or "(top level)"
+        raised = (err.get("ctx") or {}).get("error")
+        if isinstance(raised, ConfigError):  # already names its dotted key (e.g. a method knob)
+            lines.append(str(raised))
+            continue
+        raw = [str(p) for p in err["loc"]]
+        if err["type"] == "extra_forbidden":  # the last entry is the key the user wrote, whatever it is
+            raw, name = raw[:-1], raw[-1]
+        loc = [p for p in raw if not _VALIDATOR_LOC.match(p)]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            parent, name = loc[:-1], loc[-1]
+            parent, loc = loc, [*loc, name]
             valid = _valid_keys_at(parent)
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f" (did you mean '{'.'.join(parent + close)}'?)" if close else ""
             msg = f"unknown key{hint}; valid keys here: {', '.join(valid)}"
-        lines.append(f"{dotted}: {msg}")
+        dotted = ".".join(loc)
+        named = not dotted or msg.startswith((f"{dotted}.", f"{dotted} ", f"{dotted}="))  # the message names its key
+        lines.append(msg if named else f"{dotted}: {msg}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -391,3 +408,120 @@ def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what ``rlvr config show`` prints and each run saves)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+RESUME_LOCKED = (
+    "seed",
+    "model",
+    "task",
+    "warmstart",
+    "algo",
+    "rollout.group_size",
+    "rollout.prompts_per_step",
+    "rollout.temperature",
+    "rollout.top_p",
+    "rollout.top_k",
+    "rollout.dynamic_sampling",
+    "rollout.max_sampling_rounds",
+    "rollout.aepo",
+    "train.mini_batch_size",
+    "train.ppo_epochs",
+    "train.shuffle",
+)
+"""Config keys a resumed run may not change without ``--force``: they change the algorithm, the model
+or the batch shape, so the continued run would no longer be the run its checkpoints belong to."""
+
+
+TRUST_KEYS = ("model.trust_remote_code", "rollout.vllm.trust_remote_code")
+"""Settings that let a model directory run its own code. On resume they are honoured only when the
+command line (or -c file) sets them again, never from a run directory's saved config.yaml alone,
+which may come from someone else (docs/security.md)."""
+
+
+def _trusting(data: dict[str, Any]) -> set[str]:
+    """The :data:`TRUST_KEYS` that a raw config mapping switches on."""
+    on = set()
+    for key in TRUST_KEYS:
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is True:
+            on.add(key)
+    return on
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data and not (prefix.endswith("kwargs") or prefix.startswith("algo.")):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def locked_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys under :data:`RESUME_LOCKED` whose values differ between two dumped configs."""
+    before, after = _flatten(saved), _flatten(new)
+    keys = sorted(set(before) | set(after))
+    locked = [k for k in keys if any(k == p or k.startswith(f"{p}.") for p in RESUME_LOCKED)]
+    return [k for k in locked if before.get(k) != after.get(k)]
+
+
+def check_resume_changes(saved: dict[str, Any], new: dict[str, Any], source: str) -> None:
+    """ConfigError naming every locked key (:data:`RESUME_LOCKED`) that ``new`` changes from ``saved``."""
+    changed = locked_changes(saved, new)
+    if changed:
+        before, after = _flatten(saved), _flatten(new)
+        shown = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"--resume would change what the run in {source} trains ({shown}): these keys change the algorithm, "
+            "the model or the batch shape. Drop those overrides, or pass --force to continue anyway"
+        )
+
+
+def load_resume_config(
+    config: str | None = None, overrides: list[str] | tuple[str, ...] = (), force: bool = False
+) -> RunConfig:
+    """The configuration of a resumed run: ``<output_dir>/config.yaml`` <- YAML file <- overrides.
+
+    ``output_dir`` is found from the file and overrides (default ``runs/default``). The saved file is
+    the run's own resolved config, so the run continues with the method it started with; changes
+    to :data:`RESUME_LOCKED` keys are refused unless ``force``.
+    """
+    data = RunConfig().model_dump(mode="python")
+    if config:
+        data = _deep_merge(data, read_config_file(config))
+    for override in overrides:
+        data = apply_override(data, override)
+    run_dir = Path(str(data.get("output_dir") or RunConfig().output_dir))
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            f"--resume: {run_dir} holds no run (no config.yaml); run without --resume to start one, "
+            "or set output_dir to the run to continue"
+        )
+    requested = _trusting(data)
+    data = read_config_file(str(saved))
+    unconfirmed = _trusting(data) - requested
+    if unconfirmed:
+        keys = ", ".join(sorted(unconfirmed))
+        raise ConfigError(
+            f"--resume: {saved} switches on {keys}, which runs code from the model directory; a run directory "
+            f"may come from someone else, so confirm it on the command line ({' '.join(k + '=true' for k in sorted(unconfirmed))}) "
+            "or set it to false"
+        )
+    if config:
+        data = _deep_merge(data, read_config_file(config))
+    for override in overrides:
+        data = apply_override(data, override)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{saved} with the command line: " + _format_validation_error(exc)) from None
+    if not force:
+        try:
+            saved_cfg = RunConfig.model_validate(read_config_file(str(saved))).model_dump(mode="json")
+        except ValidationError as exc:
+            raise ConfigError(f"{saved}: " + _format_validation_error(exc)) from None
+        check_resume_changes(saved_cfg, cfg.model_dump(mode="json"), str(saved))
+    return cfg

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import random
+import signal
 import time
 import warnings
 from collections import Counter
@@ -32,7 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlvr.algos import REGISTRIES, AlgoContext, Component
-from rlvr.errors import RLVRError
+from rlvr.errors import Interrupted, RLVRError
 from rlvr.algos.dynamic_sampling import keep_informative_groups
 from rlvr.rollout.base import RolloutBatch, concat_batches
 from rlvr.models.lora import (
@@ -46,17 +47,28 @@ from rlvr.models.lora import (
 )
 from rlvr.rollout.engines import build_engine
 from rlvr.rollout.hf import format_prompts
-from rlvr.tasks.base import Problem, Task, tasks
+from rlvr.tasks.base import Problem, Task, context_length, drop_unusable, prompt_issue, tasks
 from rlvr.algos.aggregation import masked_mean
 from rlvr.train.aepo import mix as aepo_mix
 from rlvr.train.aepo import sub_prompt_count
-from rlvr.train.checkpoint import rng_state, require_checkpoint, save_checkpoint, set_rng_state
-from rlvr.train.config import RunConfig, dump_config
+from rlvr.train.checkpoint import (
+    WARMSTART_PREFIX,
+    check_compatible,
+    clear_partial_checkpoints,
+    load_latest_checkpoint,
+    remove_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from rlvr.train.config import RunConfig, check_resume_changes, dump_config
+from rlvr.train.interrupt import StopSignals
+from rlvr.train.run_dir import claimed_run_dir
 from rlvr.train.evaluate import evaluate_heldout
 from rlvr.train.forward import FORWARD_FIELDS, MinPSpec, TopPSpec, policy_forward
 from rlvr.train.logging import MetricsWriter
-from rlvr.train.rewards import safe_scores
-from rlvr.train.warmstart import warm_start
+from rlvr.train.rewards import ScorerHealth, safe_scores
+from rlvr.train.warmstart import WarmStart
 
 
 
@@ -206,13 +218,16 @@ class Trainer:
         self.ref_model: torch.nn.Module | None = None
         self.data_rng = random.Random(cfg.seed)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-        self.heldout: list[Problem] = self.task.heldout_problems(cfg.eval.num_problems)
+        self.heldout: list[Problem] = self._usable_heldout(self.task.heldout_problems(cfg.eval.num_problems))
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0
         self.bad_steps = 0
+        self.scorer_health = ScorerHealth(cfg.train.max_consecutive_bad_steps)
         self.skipped_data: Counter[str] = Counter()
         self.aepo_entropy = 0.0
         self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self.stop = StopSignals()
+        self._warm_state: dict[str, Any] | None = None
         self.summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
@@ -261,6 +276,7 @@ class Trainer:
             "data_rng": self.data_rng.getstate(),
             "shuffle_gen": self.shuffle_gen.get_state(),
             "bad_steps": self.bad_steps,
+            "scorer_failed_steps": self.scorer_health.all_failed_steps,
             "skipped_data": dict(self.skipped_data),
             "aepo_entropy": self.aepo_entropy,
             "summary": self.summary,
@@ -284,13 +300,17 @@ class Trainer:
         self.data_rng.setstate(state["data_rng"])
         self.shuffle_gen.set_state(state["shuffle_gen"])
         self.bad_steps = state.get("bad_steps", 0)
+        self.scorer_health.all_failed_steps = int(state.get("scorer_failed_steps", 0))
         self.skipped_data = Counter(state.get("skipped_data", {}))
         self.aepo_entropy = float(state.get("aepo_entropy", 0.0))
         self.summary = state.get("summary", {})
         self.step = int(state["step"])
 
     def save(self) -> Path:
-        return save_checkpoint(self.ckpt_root, self.step, self._checkpoint_state(), self.cfg.train.keep_checkpoints)
+        """Checkpoint this RL step (warm-start checkpoints are dropped once an RL one exists)."""
+        path = save_checkpoint(self.ckpt_root, self.step, self._checkpoint_state(), self.cfg.train.keep_checkpoints)
+        remove_checkpoints(self.ckpt_root, WARMSTART_PREFIX)
+        return path
 
     # ------------------------------------------------------------------ eval
     def evaluate(self) -> dict[str, float]:
@@ -308,15 +328,31 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ one step
+    def _prompt_limit(self) -> int:
+        """Longest usable prompt in tokens: ``rollout.max_prompt_tokens``, capped by the model's context."""
+        context = context_length(self.model.config.to_dict())
+        limit = self.cfg.rollout.max_prompt_tokens
+        return min(limit, context) if context else limit
+
+    def _count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` (``verbose=False``: no "longer than the maximum" warning, long prompts are skipped)."""
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
     def _prompt_problem(self, problem: Any) -> str | None:
-        """Why ``problem`` cannot be trained on (``None`` if it can)."""
-        if not isinstance(problem, Problem) or not isinstance(problem.prompt, str):
-            return "wrong_type"
-        if not problem.prompt.strip():
-            return "empty_prompt"
-        if len(self.tokenizer(problem.prompt, add_special_tokens=False)["input_ids"]) > self.cfg.rollout.max_prompt_tokens:
-            return "long_prompt"
-        return None
+        """Why ``problem`` cannot be trained on or evaluated (``None`` if it can)."""
+        return prompt_issue(problem, self._count_tokens, self._prompt_limit())
+
+    def _usable_heldout(self, problems: list[Problem]) -> list[Problem]:
+        """The held-out problems that pass :meth:`_prompt_problem`; the rest are skipped with one warning."""
+        kept, _, note = drop_unusable(problems, self._count_tokens, self._prompt_limit(), "held-out")
+        if note:
+            warnings.warn(note)
+        if problems and not kept:
+            raise RLVRError(
+                f"every held-out problem is unusable ({note}); check the task data, or raise "
+                "rollout.max_prompt_tokens (the model's context also caps prompt length)"
+            )
+        return kept
 
     def _draw_problems(self, n: int) -> list[Problem]:
         """``n`` usable training problems; bad ones are skipped, counted and the first few reported."""
@@ -335,7 +371,8 @@ class Trainer:
                 return out
         raise RLVRError(
             f"could not draw {n} usable training problems (skipped so far: {dict(self.skipped_data)}); "
-            "check the task data or raise rollout.max_prompt_tokens"
+            f"check the task data or raise rollout.max_prompt_tokens (prompts are capped at {self._prompt_limit()} "
+            "tokens, the model's context included)"
         )
 
     def _rollout(self) -> tuple[list[Problem], RolloutBatch]:
@@ -495,7 +532,7 @@ class Trainer:
                     for key, value in metrics.items():
                         sums[key] += value * len(idx)
                         counts[key] += len(idx)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], t.grad_clip)
                 if not finite or not torch.isfinite(grad_norm):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
@@ -679,6 +716,9 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         problems, batch, rewards, failures, sampling_stats = self._sample_and_score()
+        r = cfg.rollout
+        scored = int(sampling_stats.get("sampling/rounds", 1)) * r.prompts_per_step * r.group_size
+        self.scorer_health.update(failures, scored, step=self.step + 1)
         t_gen = time.perf_counter() - t0
         ctx = self._make_ctx(problems, batch, rewards)
         base_reward_mean = float(rewards.mean())
@@ -741,29 +781,69 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ run
-    def run(self, resume: bool = False) -> dict[str, Any]:
+    def run(self, resume: bool = False, overwrite: bool = False, force: bool = False) -> dict[str, Any]:
+        """Warm start + RL in ``output_dir``, which this run holds locked (see rlvr.train.run_dir).
+
+        A fresh run needs an empty ``output_dir`` (``overwrite`` clears it). ``resume`` continues
+        from the newest readable checkpoint (an RL step, else a warm-start checkpoint, else from the
+        beginning when the run stopped before its first checkpoint); settings that change the
+        algorithm, the model or the batch shape must match the checkpoint's unless ``force``.
+        SIGINT/SIGTERM stop at the next safe point with a checkpoint and raise Interrupted.
+        """
+        with claimed_run_dir(self.run_dir, resume=resume, overwrite=overwrite), StopSignals() as self.stop:
+            started_rl = self._resume(force) if resume else False
+            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            if not started_rl:
+                self._warm_start()
+                self._start_rl()
+            self._rl_loop()
+            self.summary["after"] = last_eval(self.metrics.path)
+            self._finish()
+        return self.summary
+
+    def _resume(self, force: bool) -> bool:
+        """Restore the newest checkpoint; True if it is an RL step (False: warm start or nothing yet)."""
+        if not (self.run_dir / "config.yaml").is_file():
+            raise RLVRError(
+                f"--resume: no readable checkpoint under {self.ckpt_root} (no run in {self.run_dir}); "
+                "run without --resume to start fresh"
+            )
+        clear_partial_checkpoints(self.ckpt_root)
+        found = load_latest_checkpoint(self.ckpt_root) or load_latest_checkpoint(self.ckpt_root, WARMSTART_PREFIX)
+        if found is None:
+            self.metrics.truncate_after_step(-1)
+            self.console.print(f"no checkpoint in {self.run_dir} yet: starting the run from the beginning")
+            return False
+        path, state = found
+        if not force:
+            check_resume_changes(state.get("config") or {}, self.cfg.model_dump(mode="json"), str(path))
+        if "warmstart" in state:
+            self._warm_state = state
+            self.metrics.truncate_after_step(-1)
+            self.console.print(f"[bold]resumed[/] the warm start from {path} at step {state['warmstart']['step']}")
+            return False
+        self._apply_lora()
+        check_compatible(state, self.cfg, path, self.model)
+        self._restore(state)
+        self.engine.sync_weights(self.model)
+        self.metrics.truncate_after_step(self.step)
+        self.console.print(f"[bold]resumed[/] from {path} at step {self.step}")
+        return True
+
+    def _start_rl(self) -> None:
+        """After the warm start: LoRA, reference, optimizer, and the step-0 held-out evaluation."""
+        self._apply_lora()
+        self._make_ref()
+        self.optimizer = self._make_optimizer()
+        self.engine.sync_weights(self.model)
+        before = self.evaluate()
+        self.summary["before"] = before
+        self.metrics.write({"step": 0, **before})
+        label = "after warm start" if self._warmstart_steps() > 0 else "before RL"
+        self.console.print(f"{label}: {_fmt_eval(before)}")
+
+    def _rl_loop(self) -> None:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        if resume:
-            path, state = require_checkpoint(self.ckpt_root)
-            self._apply_lora()
-            self._restore(state)
-            self.engine.sync_weights(self.model)
-            self.metrics.truncate_after_step(self.step)
-            self.console.print(f"[bold]resumed[/] from {path} at step {self.step}")
-        else:
-            if self.metrics.path.exists():
-                self.metrics.path.unlink()
-            self._warm_start()
-            self._apply_lora()
-            self._make_ref()
-            self.optimizer = self._make_optimizer()
-            self.engine.sync_weights(self.model)
-            before = self.evaluate()
-            self.summary["before"] = before
-            self.metrics.write({"step": 0, **before})
-            self.console.print(f"after warm start: {_fmt_eval(before)}")
         with _progress(self.console) as progress:
             bar = progress.add_task("RL", total=cfg.train.steps, completed=self.step, info="")
             while self.step < cfg.train.steps:
@@ -771,32 +851,64 @@ class Trainer:
                 if self.step % cfg.eval.every == 0 or self.step == cfg.train.steps:
                     record.update(self.evaluate())
                 self.metrics.write(record)
-                if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
-                    self.save()
+                saved = self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps
+                if saved or self.stop.requested:
+                    path = self.save()
+                if self.stop.requested:
+                    self._interrupted(f"at step {self.step}", path)
                 info = f"reward {record['reward/mean']:.3f} acc {record['accuracy']:.3f} H {record.get('entropy/mean', 0):.3f}"
                 progress.update(bar, completed=self.step, info=info)
-        self.summary["after"] = last_eval(self.metrics.path)
-        self._finish()
-        return self.summary
+
+    def _interrupted(self, where: str, checkpoint: Path) -> None:
+        signum = self.stop.signum or signal.SIGINT
+        raise Interrupted(
+            signum,
+            f"{signal.Signals(signum).name}: stopped {where}, checkpoint {checkpoint}; "
+            f"continue with: rlvr train --resume output_dir={self.run_dir}",
+        )
 
     def _warm_start(self) -> None:
+        """The supervised warm start, checkpointed every ``warmstart.checkpoint_every`` steps and at its end."""
         steps = self._warmstart_steps()
         if steps <= 0:
             return
         w = self.cfg.warmstart
+        ws = WarmStart(
+            self.model,
+            self.tokenizer,
+            self.task,
+            steps=steps,
+            batch_size=w.batch_size,
+            lr=w.lr,
+            seed=self.cfg.seed + 1,
+            chat_template=self.cfg.rollout.chat_template,
+        )
+        resumed = self._warm_state
+        if resumed is not None:
+            check_compatible(resumed, self.cfg, self.ckpt_root, self.model)
+            self.model.load_state_dict(resumed["model"])
+            ws.load_state_dict(resumed["warmstart"])
+            set_rng_state(resumed["rng"])
         with _progress(self.console) as progress:
-            bar = progress.add_task("warm start", total=steps, info="")
-            warm_start(
-                self.model,
-                self.tokenizer,
-                self.task,
-                steps=steps,
-                batch_size=w.batch_size,
-                lr=w.lr,
-                rng=random.Random(self.cfg.seed + 1),
-                chat_template=self.cfg.rollout.chat_template,
-                on_step=lambda s, loss: progress.update(bar, completed=s, info=f"loss {loss:.3f}"),
-            )
+            bar = progress.add_task("warm start", total=steps, completed=ws.step, info="")
+            while not ws.done:
+                loss = ws.train_step()
+                progress.update(bar, completed=ws.step, info=f"loss {loss:.3f}")
+                if ws.step % w.checkpoint_every == 0 or ws.done or self.stop.requested:
+                    path = self._save_warm_start(ws)
+                if self.stop.requested:
+                    self._interrupted(f"in the warm start at step {ws.step}", path)
+        self.model.zero_grad(set_to_none=True)  # no stale warm-start gradients on weights LoRA then freezes
+
+    def _save_warm_start(self, ws: WarmStart) -> Path:
+        state = {
+            "step": 0,
+            "warmstart": ws.state_dict(),
+            "model": self.model.state_dict(),
+            "rng": rng_state(),
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        return save_checkpoint(self.ckpt_root, ws.step, state, keep=1, prefix=WARMSTART_PREFIX)
 
     def _finish(self) -> None:
         from rlvr.eval.report import write_run_report

@@ -8,7 +8,7 @@ accuracy. The loss covers the solution tokens only.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,34 +47,63 @@ def sft_batch(
     return input_ids, attention, labels
 
 
-def warm_start(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: Task,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    rng: random.Random,
-    chat_template: str = "auto",
-    on_step: Callable[[int, float], None] | None = None,
-) -> float:
-    """Train ``steps`` supervised steps (AdamW, linear decay); returns the last loss."""
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, steps))
-    model.train()
-    loss_value = float("nan")
-    for step in range(steps):
-        problems = task.train_problems(batch_size, rng)
-        input_ids, attention, labels = (t.to(device) for t in sft_batch(tokenizer, problems, chat_template))
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
+class WarmStart:
+    """Supervised steps (AdamW, linear decay to 0 over ``steps``) that can stop and resume exactly.
+
+    ``state_dict`` holds the step, the optimizer, the schedule and the problem-drawing RNG; with the
+    model weights and the global RNG states (saved by the trainer) a resumed warm start continues
+    the uninterrupted one bit for bit.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: Task,
+        *,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        chat_template: str = "auto",
+    ) -> None:
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.steps, self.batch_size, self.chat_template = steps, batch_size, chat_template
+        self.rng = random.Random(seed)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0 - s / max(1, steps))
+        self.step = 0
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+    def train_step(self) -> float:
+        """One supervised step on a fresh batch; returns its loss."""
+        device = next(self.model.parameters()).device
+        self.model.train()
+        problems = self.task.train_problems(self.batch_size, self.rng)
+        input_ids, attention, labels = (t.to(device) for t in sft_batch(self.tokenizer, problems, self.chat_template))
+        loss = self.model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        loss_value = float(loss.item())
-        if on_step is not None:
-            on_step(step + 1, loss_value)
-    return loss_value
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        self.step += 1
+        return float(loss.item())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": self.rng.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.rng.setstate(state["rng"])
+
