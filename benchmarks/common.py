@@ -23,6 +23,7 @@ def model_overrides(name: str) -> list[str]:
 def build_model(name: str, seed: int = 0) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``--model``, built exactly as the rlvr trainer builds it."""
     from rlvr.train.config import load_config
-    from rlvr.train.trainer import build_model_and_tokenizer
+    from rlvr.models.build import build_model_and_tokenizer
 
-    return build_model_and_tokenizer(load_config(None, [*model_overrides(name), f"seed={seed}"]))
+    cfg = load_config(None, [*model_overrides(name), f"seed={seed}"])
+    return build_model_and_tokenizer(cfg.model, cfg.seed)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/vs_trl.py                        # defaults below (tiny model)
     .venv/bin/python benchmarks/vs_trl.py --steps 10 --prompts 8 --group 8 --max-new-tokens 32
     .venv/bin/python benchmarks/vs_trl.py --model smollm2 --steps 4 --warmup 1 --prompts 2 --rounds 1
+    python benchmarks/vs_trl.py --model smollm2 --device cuda --dtype bfloat16 --trl-vllm   # on a GPU
 
 Each framework runs in its own subprocess (so peak RSS is its own), from the same model: the
 random tiny Qwen2 (``rlvr.models.tiny``, same seed; default), SmolLM2-135M-Instruct converted from
@@ -12,6 +13,9 @@ countdown, with the same sampling settings and the same algorithm: GRPO group ad
 ``beta=0``, one optimizer update per rollout, AdamW. Steps are timed from rollout to optimizer
 step: rlvr ``Trainer.train_step`` calls; TRL with a callback on ``on_step_begin``/``on_step_end``.
 The first ``--warmup`` steps are excluded from the rates. Tokens = generated completion tokens.
+``--device cuda`` runs both on the GPU (``--dtype bfloat16``: rlvr's bf16 autocast over fp32
+weights, TRL's ``bf16=True``); ``--trl-vllm`` gives TRL its colocated vLLM generation where vLLM is
+installed (the output says which generation TRL used), otherwise TRL generates with HF ``generate``.
 
 The machine is shared and its speed drifts, so runs alternate (rlvr, trl, rlvr, trl, ... for
 ``--rounds``). The table compares each framework's best round (lowest mean step time); the line
@@ -41,6 +45,23 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def _peak_gpu_gb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else 0.0
+
+
+def _trl_vllm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """TRL's colocated vLLM generation when asked for and importable, else nothing (HF generate)."""
+    if not args.trl_vllm:
+        return {}
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means: not usable here
+        return {}
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
+
+
 def run_rlvr(args: argparse.Namespace) -> dict[str, Any]:
     """rlvr Trainer API: build, then time ``train_step`` (no warm start, no eval)."""
     from rlvr.train.config import load_config
@@ -63,14 +84,15 @@ def run_rlvr(args: argparse.Namespace) -> dict[str, Any]:
             "train.ppo_epochs=1",
             f"train.micro_batch_size={args.prompts * args.group}",
             f"train.lr={args.lr}",
+            f"train.device={args.device}",
+            f"model.dtype={args.dtype}",
             "algo.advantage=grpo",
             "algo.policy_loss=ppo_clip",
             "algo.agg_mode=token-mean",
         ],
     )
     trainer = Trainer(cfg, quiet=True)
-    trainer._make_ref()
-    trainer.optimizer = trainer._make_optimizer()
+    trainer.learner.start()
     times, tokens, gen = [], [], []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -78,7 +100,8 @@ def run_rlvr(args: argparse.Namespace) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
         tokens.append(record["response_length/mean"] * args.prompts * args.group)
         gen.append(record["time/generate_s"])
-    return {"times": times, "tokens": tokens, "generate_s": gen, "peak_rss_gb": _peak_rss_gb()}
+    return {"times": times, "tokens": tokens, "generate_s": gen, "peak_rss_gb": _peak_rss_gb(), "peak_gpu_gb": _peak_gpu_gb(),
+            "generation": "rlvr HF engine (KV-cache loop)"}
 
 
 def run_trl(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,8 +145,9 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         beta=0.0,
         loss_type="dapo",
         epsilon=0.2,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bfloat16",
+        **_trl_vllm_options(args),
         report_to="none",
         save_strategy="no",
         logging_steps=1,
@@ -164,6 +188,8 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         "tokens": [m * args.prompts * args.group for m in lengths],
         "generate_s": gen_times,
         "peak_rss_gb": _peak_rss_gb(),
+        "peak_gpu_gb": _peak_gpu_gb(),
+        "generation": "TRL colocated vLLM" if config.use_vllm else "TRL HF generate",
     }
 
 
@@ -178,6 +204,7 @@ def summarise(result: dict[str, Any], warmup: int) -> dict[str, float]:
         "mean_completion_len": statistics.mean(tokens) / result["batch"],
         "generate_frac": sum(gen) / total if gen else float("nan"),
         "peak_rss_gb": result["peak_rss_gb"],
+        "peak_gpu_gb": result.get("peak_gpu_gb", 0.0),
     }
 
 
@@ -193,6 +220,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--trl-vllm", action="store_true", help="TRL generates with its colocated vLLM (if installed)")
     parser.add_argument("--only", choices=["rlvr", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
@@ -204,6 +234,7 @@ def main() -> None:
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     rounds: dict[str, list[dict[str, float]]] = {"rlvr": [], "trl": []}
+    generation: dict[str, str] = {}
     for _ in range(args.rounds):
         for name in ("rlvr", "trl"):
             load = os.getloadavg()[0]
@@ -214,12 +245,15 @@ def main() -> None:
             result = json.loads(line[len("RESULT "):])
             result["batch"] = args.prompts * args.group
             summary = summarise(result, args.warmup)
+            generation[name] = result["generation"]
             rounds[name].append(summary)
             print(f"round: {name:<5} load {load:4.1f}  {summary['s_per_step']:.3f} s/step", flush=True)
     summaries = {name: min(rs, key=lambda r: r["s_per_step"]) for name, rs in rounds.items()}
     print(f"{'tiny Qwen2' if args.model == 'tiny' else args.model}, countdown, {args.prompts} prompts x {args.group} = {args.prompts * args.group} completions/step, "
           f"max {args.max_new_tokens} new tokens, {args.steps} steps ({args.warmup} warm-up excluded), {args.threads} threads")
-    keys = ["s_per_step", "steps_per_s", "tokens_per_s", "mean_completion_len", "generate_frac", "peak_rss_gb"]
+    where = "CPU" if args.device == "cpu" else _gpu_name()
+    print(f"device: {where} ({args.dtype}); generation: rlvr = {generation['rlvr']}, trl = {generation['trl']}")
+    keys = ["s_per_step", "steps_per_s", "tokens_per_s", "mean_completion_len", "generate_frac", "peak_rss_gb", "peak_gpu_gb"]
     print(f"{'metric':<22}{'rlvr':>12}{'trl':>12}{'rlvr/trl':>12}")
     for key in keys:
         a, b = summaries["rlvr"][key], summaries["trl"][key]
@@ -228,6 +262,12 @@ def main() -> None:
     print(f"paired steps/s ratio rlvr/trl per round: {[round(x, 2) for x in paired]}, median {statistics.median(paired):.2f}")
     print("all rounds s/step: " + ", ".join(f"{n} {[round(r['s_per_step'], 3) for r in rs]}" for n, rs in rounds.items()))
     print("JSON " + json.dumps(summaries))
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cuda (unavailable)"
 
 
 if __name__ == "__main__":

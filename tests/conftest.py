@@ -80,11 +80,11 @@ MIN_GRAD_NORM = 0.05
 def capture_grads(trainer) -> list[dict[str, torch.Tensor]]:
     """A list that receives, at each optimizer step of ``trainer``, the gradients it applies (after clipping).
 
-    Hooks every optimizer ``trainer`` makes from now on (``run`` and ``_restore`` call
-    ``_make_optimizer``); entries map parameter names to gradient copies.
+    Hooks every optimizer ``trainer``'s learner makes from now on (``run`` and ``_restore`` call
+    ``make_optimizer``); entries map parameter names to gradient copies.
     """
     log: list[dict[str, torch.Tensor]] = []
-    make = trainer._make_optimizer
+    make = trainer.learner.make_optimizer
 
     def make_hooked() -> torch.optim.Optimizer:
         optimizer = make()
@@ -97,7 +97,7 @@ def capture_grads(trainer) -> list[dict[str, torch.Tensor]]:
         optimizer.register_step_pre_hook(record)
         return optimizer
 
-    trainer._make_optimizer = make_hooked
+    trainer.learner.make_optimizer = make_hooked
     return log
 
 

@@ -95,15 +95,17 @@ def _eval_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers a
         "eval",
         help="sample n responses per prompt from a local model, verify them, and summarise",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""DATA: a local .jsonl/.json/.parquet file (math, scored with math-verify on the last \\boxed{}),
-a shared math set (aime24 aime25 amc23 math500 gsm8k minerva_math olympiadbench; from $RLVR_DATA_DIR
-or ../shared/data/math), gym:<reasoning-gym dataset>, task:<registered task> (held-out problems), or a
-local Hugging Face dataset directory (never downloaded from the hub).
+        description="""DATA: a local .jsonl/.json/.parquet/.csv file (math, scored with math-verify on the answer read
+with --answer-extract, default the last \\boxed{}), a shared math set (aime24 aime25 amc23 math500 gsm8k
+minerva_math olympiadbench; from $RLVR_DATA_DIR or ../shared/data/math), gym:<reasoning-gym dataset>,
+task:<registered task> (held-out problems), a local Hugging Face dataset directory, or
+hf:<owner>/<name>[:<config>] (a hub dataset: the only form that uses the network).
 Results go to OUT/results.jsonl (one line per prompt; rerunning resumes), OUT/summary.json and .md.
 Default OUT: <run>/eval/<data> for a run's final_model, else eval_results/<model>/<data>.""",
     )
     ev.add_argument("model", help="local Hugging Face model directory, e.g. runs/x/final_model")
-    ev.add_argument("--data", required=True, help="file, shared set name, gym:<dataset>, task:<name> or dataset dir")
+    ev.add_argument("--data", required=True,
+                    help="file, shared set name, gym:<dataset>, task:<name>, dataset dir or hf:<name>")
     ev.add_argument("--out", help="output directory (default: see above)")
     ev.add_argument("-n", "--samples", type=int, default=4, help="samples per prompt (default 4)")
     ev.add_argument("--k", type=_int_list, help="k values for pass@k / maj@k, e.g. 1,4,16 (default 1,2,4..n)")
@@ -116,7 +118,14 @@ Default OUT: <run>/eval/<data> for a run's final_model, else eval_results/<model
     ev.add_argument("--question-field", help="question field of a file (default: guessed)")
     ev.add_argument("--answer-field", help="reference answer field of a file (default: guessed)")
     ev.add_argument("--answer-format", choices=["plain", "boxed", "gsm8k"], help="how the answer field holds the answer")
-    ev.add_argument("--prompt-template", help="math prompt with {question} (default asks for \\boxed{})")
+    ev.add_argument("--prompt-template",
+                    help="prompt with {question} (default: asks for the answer where --answer-extract reads it)")
+    ev.add_argument("--answer-extract", choices=["boxed", "hash", "last_number", "regex"],
+                    help="how the answer is read from a response: last \\boxed{} (default), after ####, last number, "
+                    "or --answer-regex (math and gym: data)")
+    ev.add_argument("--answer-regex",
+                    help="with --answer-extract regex: its last match (its first group, if any) is the answer")
+    ev.add_argument("--system-prompt", help="system message of every prompt, through the chat template (math data)")
     ev.add_argument("--split", help="split of a dataset directory (default: test, else the first)")
     ev.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="knob of a gym:/task: task (value parsed as YAML), repeatable")
@@ -168,6 +177,9 @@ def _run_eval(args: argparse.Namespace, console: Console) -> None:
         answer_field=args.answer_field,
         answer_format=args.answer_format,
         prompt_template=args.prompt_template,
+        answer_extract=args.answer_extract,
+        answer_regex=args.answer_regex,
+        system_prompt=args.system_prompt,
         split=args.split,
         task_knobs=_task_args(args.task_arg),
         chat_template=args.chat_template,

@@ -142,6 +142,8 @@ def test_builtins_registered() -> None:
 FREE_TEXT_KNOBS = {
     ("advantage", "seed_grpo", "base"),  # registry names, checked when the base is built
     ("advantage", "ucas", "base"),
+    ("advantage", "confucius_pshw", "base"),
+    ("advantage", "prl", "delimiter"),  # any text that ends a reasoning step ("\n", "\n\n", "Step")
     ("policy_loss", "entropy_adv", "base"),
     ("controller", "entropy_pid", "regularizer"),
     ("reward", "budget_curriculum", "think_marker"),
@@ -150,13 +152,18 @@ FREE_TEXT_KNOBS = {
     ("task", "arithmetic", "ops"),  # any non-empty subset of the operator characters
     ("task", "countdown", "ops"),
     ("task", "math_jsonl", "path"),
+    ("task", "math_jsonl", "split"),  # a dataset's own split names
     ("task", "math_jsonl", "heldout_path"),
+    ("task", "math_jsonl", "heldout_split"),
     ("task", "math_jsonl", "question_field"),
     ("task", "math_jsonl", "answer_field"),
     ("task", "math_jsonl", "solution_field"),
+    ("task", "math_jsonl", "system_prompt"),
     ("task", "math_jsonl", "prompt_template"),
+    ("task", "math_jsonl", "answer_regex"),  # a regex
     ("task", "reasoning_gym", "dataset"),
     ("task", "reasoning_gym", "prompt_template"),
+    ("task", "reasoning_gym", "answer_regex"),
 }
 """Knobs that take free text; every other string knob must list its values in a ``Literal``."""
 
@@ -226,7 +233,7 @@ def test_literal_alias_names_are_written_out() -> None:
         (["algo.advantage.scale=bogus"], r"algo\.advantage\.scale: expected 'group' or 'batch' \(got 'bogus'\)"),
         (
             ["task=reasoning_gym", "task.kwargs.extract=bogus"],
-            r"task\.kwargs\.extract: expected 'boxed', 'answer_tag', 'first_line' or 'raw' \(got 'bogus'\)",
+            r"task\.kwargs\.extract: expected 'boxed', 'answer_tag', 'first_line', 'raw', 'hash', 'last_number' or 'regex' \(got 'bogus'\)",
         ),
         (
             ["task=math_jsonl", "task.kwargs.path=x.jsonl", "task.kwargs.answer_format=gsm9k"],

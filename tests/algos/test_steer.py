@@ -11,7 +11,8 @@ from rlvr.algos import AlgoContext, token_weight
 from rlvr.algos.steer import entropy_change_magnitude, steer_weights
 from rlvr.errors import ConfigError, MissingInputError
 from rlvr.train.config import load_config
-from rlvr.train.forward import policy_forward
+from rlvr.ops.forward import Entropy
+from rlvr.train.learner import Learner
 from rlvr.train.trainer import Trainer
 
 # three valid tokens + one padding (NaN there must not leak)
@@ -111,21 +112,19 @@ def test_trainer_feeds_the_rollout_entropy_to_every_mini_batch(fast_overrides, m
     steer_run = ["task=test_parity", "warmstart.steps=0", "algo.token_weights=[steer]", "train.mini_batch_size=8"]
     cfg = load_config(None, [*fast_overrides, *steer_run, "train.lr=0.01"])
     trainer = Trainer(cfg, quiet=True)
-    trainer._make_ref()
-    trainer.optimizer = trainer._make_optimizer()
+    trainer.learner.start()
     component = trainer.pipeline.token_weights[0]
-    real_steer, real_update = component.fn, Trainer._update
+    real_steer, real_update = component.fn, Learner.update
     seen: dict[str, object] = {}
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def entropies(rows) -> torch.Tensor:
-        kwargs = {**trainer.forward_options, **trainer._forward_kwargs()}
         with torch.no_grad():
-            return policy_forward(trainer.model, rows, fields=frozenset({"entropy"}), **kwargs)["entropy"]
+            return trainer.learner.forward(trainer.model, rows, [Entropy()])["entropy"]
 
-    def spy_update(self, ctx, batch):
-        seen["batch"], seen["rollout"] = batch, entropies(batch)  # the weights have not moved yet
-        return real_update(self, ctx, batch)
+    def spy_update(self, tb, step):
+        seen["batch"], seen["rollout"] = tb.batch, entropies(tb.batch)  # the weights have not moved yet
+        return real_update(self, tb, step)
 
     def spy_steer(ctx):
         out = real_steer(ctx)
@@ -138,7 +137,7 @@ def test_trainer_feeds_the_rollout_entropy_to_every_mini_batch(fast_overrides, m
         assert torch.allclose(ctx.old_entropy, rollout, atol=1e-5)
         return out
 
-    monkeypatch.setattr(Trainer, "_update", spy_update)
+    monkeypatch.setattr(Learner, "update", spy_update)
     monkeypatch.setattr(component, "fn", spy_steer)
     trainer.train_step()
     assert len(calls) == 2  # 16 rows, mini-batches of 8

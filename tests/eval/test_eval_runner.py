@@ -143,15 +143,18 @@ def test_local_hf_dataset_directory(tmp_path) -> None:
         "train": datasets.Dataset.from_list([{"problem": "a", "answer": "1"}]),
         "test": datasets.Dataset.from_list([{"problem": "b", "answer": "2"}, {"problem": "c", "answer": "3"}]),
     }).save_to_disk(str(saved))
-    data = resolve_data(str(saved), work_dir=tmp_path / "out")
+    data = resolve_data(str(saved))
     assert [p.answer for p in data.problems] == ["2", "3"] and data.info["kind"] == "hf_local"
-    assert (tmp_path / "out" / "data" / "my_set.jsonl").is_file()
-    assert [p.answer for p in resolve_data(str(saved), split="train", work_dir=tmp_path / "o2").problems] == ["1"]
+    assert [p.id for p in data.problems] == ["my_set:test:0", "my_set:test:1"] and data.info["split"] == "test"
+    assert data.name == "my_set"  # read in place: no converted copy
+    assert [p.answer for p in resolve_data(str(saved), split="train").problems] == ["1"]
+    with pytest.raises(ConfigError, match=r"--split: 'dev' is not a split"):
+        resolve_data(str(saved), split="dev")
 
 
 def test_unknown_data_is_an_error_that_mentions_the_hub(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="never downloads from the hub"):
-        resolve_data("HuggingFaceH4/MATH-500")
+    with pytest.raises(ConfigError, match=r"read only when written hf:<owner>/<name>"):
+        resolve_data("HuggingFaceH4/MATH-500")  # not a local path: an error, never a download
     with pytest.raises(ConfigError, match="task-arg"):
         resolve_data(str(tmp_path / "nope.jsonl"), task_knobs={"x": 1})
 
@@ -189,3 +192,75 @@ def test_cli_eval(model_dir, tmp_path, capsys) -> None:
     assert main(["eval", model_dir, "--data", "nowhere/at_all", "--out", str(tmp_path / "x")]) == 2
     assert "hub" in capsys.readouterr().out
     assert not (tmp_path / "x").exists()
+
+
+def test_chat_records_system_prompt_and_answer_extract(model_dir, tmp_path, monkeypatch) -> None:
+    """A chat-messages file evaluated with --answer-extract hash and --system-prompt: the system text
+    reaches format_prompts, the scorer and the voting read the #### answer."""
+    import rlvr.rollout.hf as hf
+
+    data = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "so\n#### 2"}]},
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "#### 4"}]},
+    ])
+    formatted: list[str] = []
+    real_format = hf.format_prompts
+
+    def recording(tokenizer, prompts, chat_template):
+        texts = real_format(tokenizer, prompts, chat_template)
+        formatted.extend(texts)
+        return texts
+
+    real = HFRollout.generate
+
+    def fixed(self, model, prompts, **kwargs):
+        batch = real(self, model, prompts, **kwargs)
+        batch.responses = ["x\n#### 2", "\\boxed{2}"] * (len(batch.responses) // 2)
+        return batch
+
+    monkeypatch.setattr(hf, "format_prompts", recording)
+    monkeypatch.setattr(HFRollout, "generate", fixed)
+    summary = evaluate_model(model_dir, data, tmp_path / "out", n=2, answer_extract="hash", system_prompt="Be brief.", **FAST)
+    assert summary["data"]["answer_field"] == "messages" and summary["data"]["answer_format"] == "gsm8k"
+    assert summary["data"]["answer_extract"] == "hash"
+    assert formatted[0] == "<bos>Be brief.\n\n1+1?\nPlease reason step by step, and write your final answer on the last line after ####."
+    rows = results(tmp_path / "out")
+    assert rows[0]["correct"] == [True, False] and rows[1]["correct"] == [False, False]  # \\boxed{2} is not read
+    assert rows[0]["answers"] == ["2", None] and rows[0]["system"] == "Be brief."
+    with pytest.raises(ConfigError, match="made with answer_extract=.hash., not .last_number."):
+        evaluate_model(model_dir, data, tmp_path / "out", n=2, answer_extract="last_number", system_prompt="Be brief.", **FAST)
+
+
+def test_answer_flags_for_gym_task_and_hub_data(tmp_path, monkeypatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    path = write_jsonl(tmp_path / "n.jsonl", [{"problem": "p", "answer": "5"}])
+    data = resolve_data(path, answer_extract="regex", answer_regex=r"= (\d+)", prompt_template="{question} Write = N.")
+    assert data.problems[0].prompt == "p Write = N." and data.extract("a = 4, so = 5") == "5"
+    assert data.task.score(data.problems[0], "a = 4, so = 5") == 1.0
+    with pytest.raises(ConfigError, match="--system-prompt applies to math data"):
+        resolve_data("task:countdown", system_prompt="x")
+    with pytest.raises(ConfigError, match="--answer-extract and --answer-regex apply to math and gym"):
+        resolve_data("task:countdown", answer_extract="hash")
+    if __import__("importlib").util.find_spec("reasoning_gym") is not None:
+        gym = resolve_data("gym:chain_sum", answer_extract="hash", limit=2)
+        assert gym.task.extract == "hash" and gym.problems[0].prompt.endswith("on the last line after ####.")
+        assert gym.extract("so\n#### 12") == "12"
+
+    def fake_load_dataset(name, config=None, **kwargs):
+        assert (name, config) == ("org/toy", None)
+        return datasets.DatasetDict({"test": datasets.Dataset.from_list([{"question": "q", "answer": "3"}])})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub = resolve_data("hf:org/toy")
+    assert hub.info["kind"] == "hub" and hub.name == "toy" and [p.id for p in hub.problems] == ["toy:test:0"]
+
+
+def test_cli_eval_answer_flags(model_dir, tmp_path, capsys) -> None:
+    data = write_jsonl(tmp_path / "toy.jsonl", [{"problem": "1+1?", "answer": "2"}])
+    out = tmp_path / "cli"
+    code = main(["eval", model_dir, "--data", data, "-n", "1", "--max-new-tokens", "2", "--out", str(out), "--quiet",
+                 "--answer-extract", "last_number", "--system-prompt", "Be brief."])
+    assert code == 0, capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["answer_extract"] == "last_number" and summary["settings"]["system_prompt"] == "Be brief."
+    assert results(out)[0]["prompt"].endswith("end your response with the final answer as a number.")

@@ -24,7 +24,7 @@ from rlvr.models.lora import (
 from rlvr.models.loading import load_model_and_tokenizer
 from rlvr.models.tiny import char_tokenizer, tiny_qwen2
 from rlvr.rollout.hf import HFRollout
-from rlvr.train.forward import policy_forward
+from rlvr.ops.forward import Entropy, policy_forward
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_reference_equals_base_model(tok, batch):
 def test_policy_forward_and_generate_on_peft_model(tok, batch):
     model = apply_lora(_model(tok), r=4, alpha=8)
     _perturb_adapters(model)
-    out = policy_forward(model, batch, temperature=1.0, chunk_size=8, fields=frozenset({"logprobs", "entropy"}))
+    out = policy_forward(model, batch, temperature=1.0, chunk_size=8, quantities=[Entropy()])
     assert out["logprobs"].shape == batch.response_mask.shape and out["entropy"].requires_grad
     out["logprobs"].sum().backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]

@@ -36,7 +36,7 @@ def test_lora_run_resume_and_export(tmp_path, fast, informative):
     trainer = Trainer(load_config(None, [*fast, *informative.overrides, *LORA, f"output_dir={run}"]), quiet=True)
     grads = informative.capture(trainer)
     trainer.run()
-    assert is_peft_model(trainer.model) and trainer.ref_model is None  # no second model copy
+    assert is_peft_model(trainer.model) and trainer.learner.ref_model is None  # no second model copy
     assert grads and all(all("lora_" in name for name in g) for g in grads)  # only the adapters train
     steps = [r for r in _records(run) if "reward/mean" in r]
     informative.assert_learning(steps)
@@ -76,7 +76,7 @@ def test_logged_grad_norm_is_the_adapters_gradient_norm(tmp_path, fast, informat
     grads = informative.capture(trainer)
     trainer._warm_start()
     trainer._apply_lora()
-    trainer.optimizer = trainer._make_optimizer()
+    trainer.learner.start()
     record = trainer.train_step()
     applied = sum(float(g.double().pow(2).sum()) for g in grads[0].values()) ** 0.5
     assert applied > 0.05

@@ -159,3 +159,49 @@ def test_real_vllm_greedy_matches_hf_after_sync(tok, tmp_path):
     assert greedy(engine, updated) == greedy(hf, updated)
     sampled = engine.generate(updated, prompts, n=3, max_new_tokens=8)
     assert sampled.input_ids.shape[0] == 6 and sampled.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+class SleepyLLM(FakeLLM):
+    """A FakeLLM with vLLM's sleep-mode calls, recording their order with the weight loads."""
+
+    def __init__(self, completions, log):
+        super().__init__(completions)
+        self.log = log
+        model = SimpleNamespace(load_weights=lambda weights: log.append("load"))
+        self.llm_engine.model_executor.driver_worker = SimpleNamespace(model_runner=SimpleNamespace(model=model))
+
+    def sleep(self, level):
+        self.log.append(f"sleep{level}")
+
+    def wake_up(self):
+        self.log.append("wake")
+
+    def generate(self, prompts, params, use_tqdm=False):
+        self.log.append("generate")
+        eos = params["stop_token_ids"][0]
+        return [SimpleNamespace(outputs=[SimpleNamespace(index=i, token_ids=[eos]) for i in range(params["n"])]) for _ in prompts]
+
+
+def test_colocated_vllm_sleeps_for_the_update_and_wakes_to_sync(tmp_path, fast_overrides, monkeypatch):
+    """In the trainer: sample, sleep (frees GPU memory), update, wake + load the new weights, sample."""
+    from rlvr.train.config import load_config
+    from rlvr.train.learner import Learner
+    from rlvr.train.trainer import Trainer
+
+    log: list[str] = []
+
+    def fake_engine(tokenizer, model_path, *, chat_template, seed, sleep, **options):
+        assert options["gpu_memory_utilization"] == 0.3 and options["tensor_parallel_size"] == 1
+        llm = SleepyLLM([], log)
+        return VLLMRollout(tokenizer, model_path, chat_template=chat_template, sleep=sleep, llm=llm, sampling_params_cls=dict)
+
+    monkeypatch.setattr("rlvr.rollout.vllm.VLLMRollout", fake_engine, raising=True)
+    real_update = Learner.update
+    monkeypatch.setattr(Learner, "update", lambda self, tb, step: (log.append("update"), real_update(self, tb, step))[1])
+    cfg = load_config(None, [*fast_overrides, "rollout.backend=vllm", "rollout.vllm.sleep=true",
+                             "rollout.vllm.gpu_memory_utilization=0.3", "warmstart.steps=0"])
+    trainer = Trainer(cfg, quiet=True)
+    trainer.learner.start()
+    trainer.train_step()
+    trainer.train_step()
+    assert log == ["generate", "sleep1", "update", "wake", "load", "generate", "sleep1", "update", "wake", "load"]

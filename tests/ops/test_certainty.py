@@ -48,9 +48,9 @@ def test_policy_forward_new_fields() -> None:
     """minp_logprobs / self_certainty / raw_logit from the tiny model match full-logit oracles."""
     from rlvr.models.tiny import char_tokenizer, tiny_qwen2
     from rlvr.rollout.base import RolloutBatch
-    from rlvr.train.forward import FORWARD_FIELDS, MinPSpec, policy_forward
+    from rlvr.ops.forward import QUANTITIES, MinPProxy, RawLogit, SelfCertainty, policy_forward
 
-    assert {"minp_logprobs", "self_certainty", "raw_logit"} <= FORWARD_FIELDS
+    assert {"minp_logprobs", "self_certainty", "raw_logit"} <= set(QUANTITIES)
     tok = char_tokenizer()
     model = tiny_qwen2(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, seed=0)
     gen = torch.Generator().manual_seed(0)
@@ -66,7 +66,7 @@ def test_policy_forward_new_fields() -> None:
     with torch.no_grad():
         out = policy_forward(
             model, batch, temperature=temperature, chunk_size=3,
-            fields=frozenset({"logprobs", "minp_logprobs", "self_certainty", "raw_logit"}), min_p=MinPSpec(kappa=kappa),
+            quantities=[MinPProxy(kappa=kappa), SelfCertainty(), RawLogit()],
         )
         logits = model(input_ids=ids, attention_mask=attention).logits[:, prompt_len - 1 : -1].double()
     targets = ids[:, prompt_len:]

@@ -89,7 +89,8 @@ def test_trainer_skips_a_heldout_prompt_longer_than_the_model_context(fast_overr
     with pytest.warns(UserWarning, match=r"skipping 1 of 6 held-out problems \(1 longer than 512 tokens\): long"):
         trainer = Trainer(cfg, quiet=True)
     assert len(trainer.heldout) == 5 and LONG not in trainer.heldout
-    assert trainer._prompt_problem(LONG) == "long_prompt"  # training prompts: the same check and limit
+    stage = trainer.rollout  # training prompts: the same check and limit
+    assert prompt_issue(LONG, stage.count_tokens, stage.max_prompt_tokens) == "long_prompt"
 
 
 def test_trainer_heldout_all_too_long_is_a_clear_error(fast_overrides):

@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -129,16 +128,14 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(overrides):
     assert path.name == "step_000002" and state["step"] == 2
 
 
-_CLI_WITH_TEST_TASKS = (
-    "import sys; sys.path.insert(0, {tests!r}); import conftest; from rlvr.cli import main; sys.exit(main())"
-)
-"""``rlvr`` in a child process that first imports tests/conftest.py, so the test tasks are registered."""
+VICTIM = Path(__file__).resolve().parents[1] / "victim.py"
 
 
-def _cli(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    boot = _CLI_WITH_TEST_TASKS.format(tests=str(Path(__file__).resolve().parents[1]))
-    return subprocess.Popen([sys.executable, "-c", boot, "train", "--quiet", *args], env=env)
+def _cli(args: list[str], kill_after_step: int | None = None) -> subprocess.Popen:
+    """``rlvr train`` in a child process (test tasks registered); it SIGKILLs itself entering the RL
+    step after ``kill_after_step`` (whose checkpoint is complete), when given."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RLVR_KILL_AT": "step", "RLVR_KILL_STEP": str(kill_after_step or -1)}
+    return subprocess.Popen([sys.executable, str(VICTIM), "train", "--quiet", *args], env=env)
 
 
 @pytest.mark.slow
@@ -156,14 +153,10 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, fast, informa
     straight = _cli([*base, f"output_dir={tmp_path / 'a'}"])
     assert straight.wait(timeout=300) == 0
 
-    victim = _cli([*base, f"output_dir={tmp_path / 'b'}"])
-    ckpt = tmp_path / "b" / "checkpoints" / "step_000003"
-    deadline = time.time() + 300
-    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert ckpt.exists(), "the run finished or failed before the kill"
+    victim = _cli([*base, f"output_dir={tmp_path / 'b'}"], kill_after_step=3)
+    assert victim.wait(timeout=300) == -signal.SIGKILL
+    assert (tmp_path / "b" / "checkpoints" / "step_000003").exists()
+    assert not (tmp_path / "b" / "checkpoints" / "step_000004").exists()
     resumed = _cli([*base, f"output_dir={tmp_path / 'b'}", "--resume"])
     assert resumed.wait(timeout=300) == 0
 

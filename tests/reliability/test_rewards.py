@@ -11,7 +11,7 @@ import pytest
 
 from rlvr.errors import RLVRError
 from rlvr.tasks.base import Problem
-from rlvr.train.rewards import DEFAULT_WORKERS, ScorerHealth, ScorerPool, safe_scores
+from rlvr.tasks.scoring import DEFAULT_WORKERS, ScorerHealth, ScorerPool, safe_scores
 
 P = Problem(id="p", prompt="q", answer="a")
 

@@ -75,3 +75,19 @@ def test_missing_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr("importlib.import_module", lambda name: fake_import(name))
     with pytest.raises(ConfigError, match="pip install reasoning-gym"):
         ReasoningGymTask()
+
+
+def test_math_extract_modes_and_matching_prompts() -> None:
+    hashed = ReasoningGymTask(dataset="chain_sum", size=200, extract="hash")
+    p = hashed.train_problems(1, random.Random(0))[0]
+    assert p.prompt.endswith("\nWrite your final answer on the last line after ####.") and p.solution == f"#### {p.answer}"
+    assert hashed.score(p, p.solution) == 1.0 and hashed.score(p, f"\\boxed{{{p.answer}}}") == 0.0
+    tagged = ReasoningGymTask(dataset="chain_sum", size=200, extract="answer_tag").train_problems(1, random.Random(0))[0]
+    assert tagged.prompt.endswith("between <answer> and </answer>.")  # was the \boxed{} instruction
+    regex = ReasoningGymTask(dataset="chain_sum", size=200, extract="regex", answer_regex=r"ANS=(-?\d+)", prompt_template="{question} ANS=")
+    q = regex.train_problems(1, random.Random(0))[0]
+    assert regex.score(q, f"ANS=0 then ANS={q.answer}") == 1.0 and regex.score(q, f"ANS={int(q.answer) + 1}") == 0.0
+    with pytest.raises(ConfigError, match="with extract 'regex' give a prompt_template"):
+        ReasoningGymTask(dataset="chain_sum", extract="regex", answer_regex="(x)")
+    with pytest.raises(ConfigError, match="answer_regex is only read with answer extraction 'regex'"):
+        ReasoningGymTask(dataset="chain_sum", answer_regex="(x)")

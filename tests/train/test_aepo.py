@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from rlvr.rollout.base import RolloutBatch
-from rlvr.train.aepo import mix, select_positive, sub_prompt_count
+from rlvr.algos.aepo import mix, select_positive, sub_prompt_count
 from rlvr.train.config import load_config
 from rlvr.train.logging import read_metrics
 from rlvr.train.trainer import Trainer

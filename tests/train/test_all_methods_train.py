@@ -28,6 +28,7 @@ SLOT = {
 }
 EXTRA = {
     "drpo": ["train.shuffle=groups", "train.micro_batch_size=16"],
+    "pacs": ["train.shuffle=groups", "train.micro_batch_size=4"],  # whole groups, accumulated over 4 micro-batches
     "entropy_pid": ["algo.controllers=[{name: entropy_pid, target: 0.5}]", "algo.regularizers=[entropy_bonus]"],
     # knobs that make the method act on 16 responses of at most 8 tokens
     "clip_cov": ["algo.policy_loss.clip_ratio=0.2", "algo.policy_loss.cov_low=-10.0"],
@@ -38,6 +39,19 @@ EXTRA = {
     "laser_d": ["algo.reward_shaping.0.target_length=7"],
     "laser_de": ["algo.reward_shaping.0.target_length=7"],
     "budget_curriculum": ["algo.reward_shaping.0.b0=6"],
+    # at mu 2.5 no negative-advantage token of 16 responses x 8 tokens is that far below the mean
+    "clip_b": ["algo.token_weights.0.mu=0.5"],
+    # no policy gradient by design: 1-shot RLVR's entropy-only run trains on the entropy bonus alone
+    "none": ["algo.regularizers=[{name: entropy_bonus, coef: 1.0}]"],
+    # the controller's alpha (here 1.0) replaces the ares reward's fixed 0.5; its reference run has the reward
+    # alone. (Its same-batch update moves alpha by at most 0.025 a step, and on a group with two reward values,
+    # as this step's medium one, GRPO's normalised advantage does not see it; the update is unit-tested.)
+    "ares_alpha": ["algo.controllers=[{name: ares_alpha, alpha_init: 1.0}]", "algo.reward_shaping=[ares]"],
+    # every answer of the tiny model differs: EMPO's signal here is the 0 for responses without a parsable
+    # answer (entropy filter off, else every all-distinct group is zeroed); see SETTING
+    "empo": [
+        "algo.reward_shaping=[{name: empo, extract: first_line, equivalence: expression_value, entropy_filter: false}]"
+    ],
 }
 SETTING = {
     "gspo": ("train.ppo_epochs=2",),  # first update at ratio 1 = PPO-clip's; the second clips per sequence
@@ -46,6 +60,8 @@ SETTING = {
     "kl": ("train.ppo_epochs=2",),  # k3 to the reference has zero gradient while the policy is the reference
     "siren": ("train.steps=2",),  # the anchor is the first step's entropy: no penalty before step 2
     "siren_wo_topp": ("train.steps=2",),
+    "prl": ("train.steps=2",),  # the reference model is the first step's policy: no KL term (= GRPO) before step 2
+    "empo": ("warmstart.steps=150",),  # about half of the responses are then arithmetic expressions
 }
 """Run shapes a method is compared under (its reference run uses them too); the last updates are compared."""
 
@@ -62,6 +78,8 @@ def _builtin_methods() -> list[tuple[str, str]]:
 REFERENCE = {
     # the fixed bonus it drives: the controller moves the coefficient before the first update
     "entropy_pid": ("algo.regularizers=[entropy_bonus]",),
+    # the reward it drives
+    "ares_alpha": ("algo.reward_shaping=[ares]",),
 }
 """What a method's reference run adds to plain GRPO (and its SETTING)."""
 

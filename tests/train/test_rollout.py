@@ -7,7 +7,7 @@ import torch
 from rlvr.models.tiny import char_tokenizer, tiny_qwen2
 from rlvr.rollout.base import response_mask_from_ids
 from rlvr.rollout.hf import HFRollout
-from rlvr.train.forward import policy_forward
+from rlvr.ops.forward import Entropy, policy_forward
 
 
 def test_response_mask_includes_first_eos_and_flags_truncation():
@@ -67,7 +67,7 @@ def test_training_forward_matches_sampling_logprobs():
         group_ids=torch.arange(3),
     )
     with torch.no_grad():
-        got = policy_forward(model, batch, temperature=temperature, chunk_size=5, fields=frozenset({"logprobs", "entropy"}))
+        got = policy_forward(model, batch, temperature=temperature, chunk_size=5, quantities=[Entropy()])
     assert mask.sum() >= 6
     diff = ((got["logprobs"] - expected) * mask).abs().max()
     assert diff <= 1e-5, diff
@@ -87,9 +87,34 @@ def test_concat_batches_pads_and_keeps_logprobs():
     both = concat_batches([a, b], tok.pad_token_id)
     assert both.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
     assert both.responses == a.responses + b.responses
-    fields = frozenset({"logprobs"})
     with torch.no_grad():
-        joint = policy_forward(model, both, temperature=1.0, chunk_size=8, fields=fields)["logprobs"]
-        parts = [policy_forward(model, x, temperature=1.0, chunk_size=8, fields=fields)["logprobs"] for x in (a, b)]
+        joint = policy_forward(model, both, temperature=1.0, chunk_size=8)["logprobs"]
+        parts = [policy_forward(model, x, temperature=1.0, chunk_size=8)["logprobs"] for x in (a, b)]
     assert torch.allclose(joint[:2, : parts[0].shape[1]], parts[0], atol=1e-5)
     assert torch.allclose(joint[2:, : parts[1].shape[1]], parts[1], atol=1e-5)
+
+
+def test_a_tasks_system_prompt_reaches_the_training_rollouts(fast_overrides, tmp_path):
+    """Rollouts get the Problems themselves, so the chat formatting sees their system prompt."""
+    import json
+
+    from rlvr.rollout.hf import format_prompts
+    from rlvr.train.config import load_config
+    from rlvr.train.trainer import Trainer
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"{i}+1=?", "answer": str(i + 1)}) + "\n" for i in range(40)))
+    cfg = load_config(None, [*fast_overrides, "task=math_jsonl", f"task.kwargs.path={data}",
+                             "task.kwargs.system_prompt=Answer in one line.", "warmstart.steps=0"])
+    trainer = Trainer(cfg, quiet=True)
+    seen = []
+    generate = trainer.engine.generate
+
+    def spy(model, prompts, **kwargs):
+        seen.extend(format_prompts(trainer.tokenizer, prompts, cfg.rollout.chat_template))
+        return generate(model, prompts, **kwargs)
+
+    trainer.engine.generate = spy
+    trainer.rollout.collect(trainer.model)
+    assert len(seen) == cfg.rollout.prompts_per_step
+    assert all("Answer in one line." in text and "+1=?" in text for text in seen)

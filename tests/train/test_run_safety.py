@@ -164,61 +164,17 @@ def test_interrupted_warm_start_checkpoints_and_resumes_exactly(tmp_path, fast, 
 # --------------------------------------------------------------------------------------------------
 # kill -9 at chosen points, in a child process; the resumed run must equal an uninterrupted one
 
-VICTIM = """
-import os, signal, sys
-import rlvr.train.checkpoint as ckpt
-from rlvr.cli import main
-from rlvr.tasks.base import tasks
-from rlvr.tasks.countdown import CountdownTask
-from rlvr.train.trainer import Trainer
-from rlvr.train.warmstart import WarmStart
-
-@tasks.register("test_checksum", override=True)
-class ChecksumTask(CountdownTask):  # as in tests/conftest.py: rewards vary within groups
-    name = "test_checksum"
-    def score(self, problem, response):
-        return float(sum(map(ord, response)) % 2 == 0)
-
-def die():
-    os.kill(os.getpid(), signal.SIGKILL)
-
-point = os.environ["RLVR_KILL_AT"]
-if point == "checkpoint_write":  # half of the step-4 state.pt is on disk when the process dies
-    write = ckpt._write_state
-    def half_then_die(path, state):
-        if state.get("step") == 4:
-            write(path, state)
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-            die()
-        write(path, state)
-    ckpt._write_state = half_then_die
-elif point == "warm_start":
-    step = WarmStart.train_step
-    def step_then_die(self):
-        loss = step(self)
-        if self.step == 7:
-            die()
-        return loss
-    WarmStart.train_step = step_then_die
-elif point == "eval":
-    evaluate = Trainer.evaluate
-    def die_in_second_eval(self):
-        if self.step == 4:
-            die()
-        return evaluate(self)
-    Trainer.evaluate = die_in_second_eval
-sys.exit(main(sys.argv[1:]))
-"""
+VICTIM = Path(__file__).resolve().parents[1] / "victim.py"
 
 
-@pytest.mark.parametrize("point", ["checkpoint_write", "warm_start", "eval"])
-def test_kill_9_at_a_chosen_point_then_resume_matches(tmp_path, fast, informative, point):
+@pytest.mark.parametrize("point, n", [("checkpoint_write", 4), ("warm_start", 7), ("eval", 4)])
+def test_kill_9_at_a_chosen_point_then_resume_matches(tmp_path, fast, informative, point, n):
     base = [*fast, "task=test_checksum", "warmstart.steps=10", "warmstart.checkpoint_every=3", "train.steps=5",
             "eval.every=2", "train.checkpoint_every=2"]
     Trainer(load_config(None, [*base, f"output_dir={tmp_path / 'a'}"]), quiet=True).run()
     informative.assert_learning(read_metrics(tmp_path / "a" / "metrics.jsonl"))
-    victim = [sys.executable, "-c", VICTIM, "train", "--quiet", *base, f"output_dir={tmp_path / 'b'}"]
-    env = {**os.environ, "RLVR_KILL_AT": point}
+    victim = [sys.executable, str(VICTIM), "train", "--quiet", *base, f"output_dir={tmp_path / 'b'}"]
+    env = {**os.environ, "RLVR_KILL_AT": point, "RLVR_KILL_STEP": str(n)}
     proc = subprocess.run(victim, env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert main(["train", "--resume", "--quiet", f"output_dir={tmp_path / 'b'}"]) == 0
@@ -240,4 +196,4 @@ def test_resume_does_not_take_trust_remote_code_from_a_saved_config(tmp_path):
     with pytest.raises(ConfigError, match=r"rollout.vllm.trust_remote_code"):
         load_resume_config(None, [f"output_dir={run}"])
     cfg = load_resume_config(None, [f"output_dir={run}", "rollout.vllm.trust_remote_code=true"])
-    assert cfg.rollout.vllm["trust_remote_code"] is True
+    assert cfg.rollout.vllm.trust_remote_code is True

@@ -15,7 +15,8 @@ def test_dynamic_sampling_keeps_exactly_the_informative_groups(fast_overrides):
     )
     trainer = Trainer(cfg, quiet=True)
     torch.manual_seed(0)
-    problems, batch, rewards, _, stats = trainer._sample_and_score()
+    rollout = trainer.rollout.collect(trainer.model)
+    problems, batch, rewards, stats = rollout.problems, rollout.batch, rollout.scores, rollout.stats
     groups = batch.group_ids.unique()
     assert len(groups) == cfg.rollout.prompts_per_step == stats["sampling/informative_groups"] or (
         stats["sampling/informative_groups"] >= cfg.rollout.prompts_per_step and len(groups) == cfg.rollout.prompts_per_step
@@ -32,7 +33,7 @@ def test_group_shuffle_keeps_groups_whole(fast_overrides):
     trainer = Trainer(cfg, quiet=True)
     group_ids = torch.arange(5).repeat_interleave(4)
     ctx = AlgoContext(response_mask=torch.ones(20, 3), group_ids=group_ids)
-    order = trainer._shuffled_rows(ctx)
+    order = trainer.learner.shuffled_rows(ctx)
     assert sorted(order.tolist()) == list(range(20))
     blocks = group_ids[order].view(5, 4)
     assert (blocks == blocks[:, :1]).all()
@@ -52,7 +53,7 @@ def test_masked_truncated_tokens_leave_the_token_mean_denominator(fast_overrides
     trainer = Trainer(cfg, quiet=True)
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     ctx = AlgoContext(response_mask=mask, truncated=torch.tensor([True, False]))
-    assert trainer._denominator_mask(ctx).tolist() == [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    assert trainer.pipeline.denominator_mask(ctx).tolist() == [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
 
 
 def test_sar_gets_answer_only_logprobs_from_the_trainer(fast_overrides):
@@ -69,7 +70,7 @@ def test_sar_gets_answer_only_logprobs_from_the_trainer(fast_overrides):
 
     torch.manual_seed(0)
     batch = HFRollout(trainer.tokenizer).generate(trainer.model, ["1 2 3>6="], n=2, max_new_tokens=5)
-    got = trainer._answer_only_logprobs(batch)
+    got = trainer.learner.answer_only_logprobs(batch)
     tok = trainer.tokenizer
     for row in range(2):
         ids = batch.response_ids[row][batch.response_mask[row].bool()]

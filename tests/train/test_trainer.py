@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlvr.train.config import load_config
+from rlvr.train.learner import OldLogprobSource, old_logprob_source
 from rlvr.train.logging import read_metrics
 from rlvr.train.trainer import Trainer
 
@@ -67,7 +68,7 @@ def test_resume_continues_exactly(tmp_path, fast_overrides, informative):
     resumed_cfg = load_config(None, [*base, *extra, "train.steps=4", f"output_dir={tmp_path / 'b'}"])
     restored = Trainer(resumed_cfg, quiet=True)
     restored._restore(require_checkpoint(tmp_path / "b" / "checkpoints")[1])
-    _assert_same_optimizer_state(first.optimizer, restored.optimizer)
+    _assert_same_optimizer_state(first.learner.optimizer, restored.learner.optimizer)
     second = Trainer(resumed_cfg, quiet=True)
     grads_b = informative.capture(second)
     second.run(resume=True)
@@ -139,8 +140,7 @@ def _trainer_after_steps(overrides, informative, steps=2):
     trainer = Trainer(cfg, quiet=True)
     grads = informative.capture(trainer)
     trainer._warm_start()
-    trainer._make_ref()
-    trainer.optimizer = trainer._make_optimizer()
+    trainer.learner.start()
     records = [trainer.train_step() for _ in range(steps)]
     return trainer, records, grads
 
@@ -151,16 +151,16 @@ def test_on_policy_update_reuses_its_logprobs_exactly(tmp_path, fast, monkeypatc
     Compared on gradients of a reward that varies within groups: old log-probs off by a constant
     scale every token's ratio, which AdamW's parameters would not show.
     """
-    import rlvr.train.trainer as trainer_module
+    import rlvr.train.learner as learner_module
 
     calls = {"n": 0}
-    real_forward = trainer_module.policy_forward
+    real_forward = learner_module.policy_forward
 
     def counting_forward(*args, **kwargs):
         calls["n"] += 1
         return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "policy_forward", counting_forward)
+    monkeypatch.setattr(learner_module, "policy_forward", counting_forward)
     results = {}
     for mode in ("auto", "always"):
         calls["n"] = 0
@@ -168,7 +168,8 @@ def test_on_policy_update_reuses_its_logprobs_exactly(tmp_path, fast, monkeypatc
             *fast, *informative.overrides, "train.mini_batch_size=null", f"train.old_forward={mode}", f"output_dir={tmp_path / mode}"
         ]  # fmt: skip
         trainer, records, grads = _trainer_after_steps(overrides, informative)
-        assert trainer._reuses_update_logprobs(16) == (mode == "auto")
+        source = old_logprob_source(trainer.cfg.train, trainer.pipeline, 16, rows_may_change=False)
+        assert (source is OldLogprobSource.UPDATE_FORWARD) == (mode == "auto")
         informative.assert_learning(records)
         results[mode] = (calls["n"], trainer.model.state_dict(), records, grads)
     assert results["auto"][0] == 2 and results["always"][0] == 4  # micro_batch 64 >= 16 rows: one forward each
@@ -194,7 +195,9 @@ def test_on_policy_update_reuses_its_logprobs_exactly(tmp_path, fast, monkeypatc
 )
 def test_old_forward_runs_whenever_something_reads_it_before_the_update(extra, fast_overrides):
     cfg = load_config(None, [*fast_overrides, "train.mini_batch_size=null", *extra])
-    assert not Trainer(cfg, quiet=True)._reuses_update_logprobs(16)
+    trainer = Trainer(cfg, quiet=True)
+    source = old_logprob_source(trainer.cfg.train, trainer.pipeline, 16, rows_may_change=trainer.aepo is not None)
+    assert source is OldLogprobSource.ROLLOUT_FORWARD
 
 
 def _no_constant(name: str):

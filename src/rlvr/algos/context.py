@@ -7,7 +7,7 @@ the ``problems`` (list of :class:`rlvr.tasks.base.Problem`) of the rollout batch
 ``extras["row_index"]`` = ``arange(B)`` over the rollout batch, so that a micro-batch (``select``)
 knows which rollout rows it holds (batch-scope token selections such as Clip-Cov's).
 
-No-grad per-token fields of the policy forward (``rlvr.train.forward``): ``minp_logprobs`` (log-prob
+No-grad per-token fields of the policy forward (``rlvr.ops.forward``): ``minp_logprobs`` (log-prob
 of the sampled token under the min-p proxy, Lp-Reg), ``self_certainty`` (``logsumexp(z) - mean_v z``,
 UCAS) and ``raw_logit`` (pre-temperature logit of the sampled token, UCAS); ``old_*`` are the
 rollout policy's values.

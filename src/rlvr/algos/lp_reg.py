@@ -8,7 +8,7 @@ min-p filtered distribution (keep ``p_v >= kappa * max p`` on the raw logits, th
 temperature and renormalise, as the official forward; ``rlvr.ops.minp``), read
 from ``ctx.old_minp_logprobs`` (official ``minp_old_log_prob=True``: computed from the old policy at
 rollout-logprob time, detached). The threshold ``kappa`` is this component's ``min_p`` knob, which
-the trainer reads (attribute ``min_p``) for that forward. Default 0.02 (all official scripts); the
+the trainer computes that forward with (:meth:`LpReg.forward_quantities`). Default 0.02 (all official scripts); the
 official code default is 0.1.
 
 **Selection** (per micro-batch, as the official policy loss). Among the valid tokens with ``A < 0``,
@@ -46,6 +46,7 @@ from rlvr.algos.kl import KL_KINDS, KlKind, kl_estimate
 from rlvr.algos.ppo_clip import LOG_RATIO_LIMIT, check_clip, clipped_surrogate, masked_float, policy_inputs
 from rlvr.algos.registry import policy_loss
 from rlvr.errors import ConfigError
+from rlvr.ops.forward import MinPProxy, Quantity
 from rlvr.ops.minp import FILTERED_LOGIT
 
 LP_REG_REQUIRES = ("logprobs", "old_logprobs", "advantages", "old_minp_logprobs")
@@ -83,7 +84,7 @@ def lowest_logprob_selection(
 class LpReg:
     """Lp-Reg (arXiv 2510.03222): PPO-clip, and on the lowest-prob negative tokens ``-A r + beta KL(pi || proxy)``.
 
-    Knobs: ``min_p`` (proxy threshold kappa, 0.02; read by the trainer), ``neg_ratio`` (0.01, official
+    Knobs: ``min_p`` (proxy threshold kappa, 0.02; the forward quantity :class:`rlvr.ops.forward.MinPProxy`), ``neg_ratio`` (0.01, official
     ``logp_neg_k_percent``, a fraction), ``pos_ratio`` (0.0), ``beta`` (1.0, ``ppo_kl_coef``),
     ``kl_estimator`` (``"k3"``), ``clip_low`` / ``clip_high`` (0.2 / 0.2; official scripts 1.0 / 9.0),
     ``clip_ratio_c`` (dual clip on the unselected tokens, off), ``official_min_k`` (False).
@@ -126,6 +127,11 @@ class LpReg:
         self.clip_high = float(clip_high)
         self.clip_ratio_c = clip_ratio_c
         self.official_min_k = bool(official_min_k)
+
+
+    def forward_quantities(self) -> list[Quantity]:
+        """The min-p proxy at this loss's ``min_p`` threshold (the trainer computes it)."""
+        return [MinPProxy(kappa=self.min_p)]
 
     def __call__(self, ctx: AlgoContext) -> LossOutput:
         who = f"policy_loss '{self.name}'"

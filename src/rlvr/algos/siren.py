@@ -6,8 +6,8 @@ Linn3a/siren ``verl/verl/workers/actor/dp_actor.py`` and ``verl/verl/trainer/ppo
 1. **Top-p mask over the vocabulary.** ``H^{top-p}_{i,t}`` is the entropy of the policy renormalised
    over the nucleus of mass ``p = 0.8`` (top-k 10000). It is computed elsewhere
    (``rlvr.ops.top_p_entropy``); the trainer fills ``ctx.top_p_entropy`` (current policy, with grad)
-   and ``ctx.old_top_p_entropy`` (rollout policy, no grad). The knobs ``top_p``/``top_k`` of the
-   top-p variants are read by the trainer for that computation.
+   and ``ctx.old_top_p_entropy`` (rollout policy, no grad). The knobs ``top_p``/``top_k`` set that
+   forward quantity (:meth:`Siren.forward_quantities`, :class:`rlvr.ops.forward.TopPEntropy`).
 2. **Peak-entropy mask over positions** (:func:`peak_entropy_mask`): per response, keep the tokens
    whose entropy is strictly above that response's 0.8-quantile.
 3. **Selected entropy** ``H_sel = seq-mean-token-mean(H over the peak mask)``, computed on the
@@ -47,6 +47,7 @@ from rlvr.algos.aggregation import AGG_MODES, AggMode, aggregate
 from rlvr.algos.context import AlgoContext, RegularizerOutput
 from rlvr.algos.registry import regularizer
 from rlvr.errors import ConfigError, MissingInputError
+from rlvr.ops.forward import Quantity, TopPEntropy
 
 PEAK_AGG_MODE = "seq-mean-token-mean"
 
@@ -198,6 +199,10 @@ class Siren:
     @property
     def old_field(self) -> str:
         return "old_top_p_entropy" if self.use_top_p else "old_entropy"
+
+    def forward_quantities(self) -> list[Quantity]:
+        """The top-p entropy with this regularizer's ``top_p`` / ``top_k`` (the trainer computes it)."""
+        return [TopPEntropy(p=self.top_p, top_k=self.top_k)] if self.use_top_p else []
 
     def _who(self) -> str:
         hint = ""

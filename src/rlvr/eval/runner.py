@@ -2,7 +2,7 @@
 
 :func:`evaluate_model` is the library entry point. DATA is one of
 
-* a local ``.jsonl`` / ``.json`` / ``.parquet`` file of math problems (the ``math_jsonl`` task; the
+* a local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file of math problems (the ``math_jsonl`` task; the
   question / answer fields and the answer format are guessed from the first row unless given);
 * the name of a shared math set (``aime24``, ``aime25``, ``amc23``, ``math500``, ``gsm8k``,
   ``minerva_math``, ``olympiadbench``), read from ``$RLVR_DATA_DIR`` or ``../shared/data/math``
@@ -10,8 +10,12 @@
 * ``gym:<dataset>``: the held-out items of a reasoning-gym dataset;
 * ``task:<name>``: the held-out problems of any registered task (e.g. ``task:countdown``);
 * a local Hugging Face dataset directory (``datasets.save_to_disk`` output, or a folder of data
-  files): converted to ``<out>/data/<name>.jsonl`` and read as a math file. Datasets are never
-  downloaded from the hub.
+  files read by ``datasets.load_dataset``; ``split`` picks a split, default ``test``), or
+  ``hf:<owner>/<name>`` for a hub dataset (the only form that may use the network), read as math data.
+
+Math data (files, shared sets, datasets) may hold chat ``messages`` records; the answer is read from
+a response with ``answer_extract`` (last ``\\boxed{}``, ``####``, last number, or ``answer_regex``)
+and the prompt's instruction matches it unless ``prompt_template`` is given (see ``math_jsonl``).
 
 Results are appended to ``<out>/results.jsonl``, one JSON line per prompt (id, responses, scores,
 extracted answers, lengths, mean token entropies), flushed as soon as the prompt's batch is done;
@@ -50,6 +54,7 @@ from rlvr.eval.metrics import (
     percentile,
 )
 from rlvr.rollout.hf import HFRollout
+from rlvr.rollout.stage import Sampling, sample_and_score
 from rlvr.tasks import build_task
 from rlvr.tasks.base import Problem, Task, context_length, drop_unusable, stable_hash
 
@@ -74,9 +79,6 @@ DATA_DIR_ENV = "RLVR_DATA_DIR"
 DEFAULT_PROCEDURAL_PROBLEMS = 100
 """Held-out problems evaluated for ``gym:`` / ``task:`` data when no limit is given."""
 
-_QUESTION_FIELDS = ("problem", "question", "prompt", "input")
-_ANSWER_FIELDS = ("answer", "final_answer", "solution", "output")
-_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 ALL_ROWS = 10**12
 
 
@@ -130,27 +132,27 @@ def _normalise_math_answer(answer: str) -> str:
 def answer_extractor(task: Task) -> Callable[[str], str | None]:
     """How the final answer of a response to ``task`` is read, for majority voting and diversity.
 
-    A task may provide its own ``extract_answer(response)``. Otherwise: math_jsonl -> the last
-    ``\\boxed{}`` (spaces removed), reasoning_gym -> the task's extractor, anything else (countdown,
-    arithmetic) -> the first line. ``None`` means no answer.
+    A task may provide its own ``extract_answer(response)``. Otherwise: math_jsonl -> the answer its
+    scorer reads (``answer_extract``; spaces removed), reasoning_gym -> the task's extractor, anything
+    else (countdown, arithmetic) -> the first line. ``None`` means no answer.
     """
     own = getattr(task, "extract_answer", None)
     if callable(own):
         return own
     from rlvr.tasks.gym import ReasoningGymTask, extract_answer
-    from rlvr.tasks.math import MathJsonlTask, clean_answer, extract_boxed
+    from rlvr.tasks.math import MathJsonlTask
 
     if isinstance(task, MathJsonlTask):
 
         def math_answer(response: str) -> str | None:
-            boxed = extract_boxed(response)
-            return (_normalise_math_answer(clean_answer(boxed)) or None) if boxed is not None else None
+            answer = task.final_answer(response)
+            return (_normalise_math_answer(answer) or None) if answer is not None else None
 
         return math_answer
     if isinstance(task, ReasoningGymTask):
 
         def gym_answer(response: str) -> str | None:
-            answer = extract_answer(response, task.extract)
+            answer = extract_answer(response, task.extract, task.answer_pattern)
             return (" ".join(answer.split()) or None) if answer is not None else None
 
         return gym_answer
@@ -161,71 +163,34 @@ def answer_extractor(task: Task) -> Callable[[str], str | None]:
     return first_line_answer
 
 
-def _guess_fields(
-    record: dict[str, Any],
-    question_field: str | None,
-    answer_field: str | None,
-    answer_format: str | None,
-    where: str,
-) -> dict[str, str]:
-    """Field mapping for a math file: given values win; missing ones are guessed from ``record``."""
-    if not isinstance(record, dict):
-        raise ConfigError(f"--data: the rows of {where} are not JSON objects")
-    fields = ", ".join(sorted(map(str, record))) or "(none)"
-    if question_field is None:
-        question_field = next((f for f in _QUESTION_FIELDS if record.get(f) is not None), None)
-        if question_field is None:
-            raise ConfigError(f"--data: no question field in {where} (fields: {fields}); pass --question-field")
-    if answer_field is None:
-        answer_field = next((f for f in _ANSWER_FIELDS if record.get(f) is not None), None)
-        if answer_field is None:
-            raise ConfigError(f"--data: no answer field in {where} (fields: {fields}); pass --answer-field")
-    if answer_format is None:
-        value = record.get(answer_field)
-        text = value if isinstance(value, str) else ""
-        if "####" in text:
-            answer_format = "gsm8k"
-        elif "\\boxed" in text or "\\fbox" in text or answer_field == "solution":
-            answer_format = "boxed"
-        else:
-            answer_format = "plain"
-    return {"question_field": question_field, "answer_field": answer_field, "answer_format": answer_format}
+def _flag(knob: str) -> str:
+    """The ``rlvr eval`` flag of a math_jsonl knob (``question_field`` -> ``--question-field``)."""
+    return "--" + knob.replace("_", "-")
 
 
-def _first_record(path: Path) -> dict[str, Any]:
-    from rlvr.tasks.math import _iter_records
+def _first_row(source: str | Path, split: str | None) -> tuple[Any, str | None]:
+    """The first row of a math data source and the split it is in (``test`` by default, see
+    ``rlvr.tasks.math.open_records``)."""
+    from rlvr.tasks.math import open_records
 
-    for _, record in _iter_records(path):
-        return record
-    raise ConfigError(f"--data: '{path}' holds no rows")
-
-
-def _math_task(path: Path, fields: dict[str, str], prompt_template: str | None, limit: int | None, timeout_s: float) -> Task:
-    knobs: dict[str, Any] = dict(path=str(path), heldout_fraction=1.0, limit=limit, timeout_s=timeout_s, **fields)
-    if prompt_template is not None:
-        knobs["prompt_template"] = prompt_template
-    return build_task("math_jsonl", knobs)
+    records = open_records(str(source), split, prefer=("test",), split_knob="--split")
+    for _, record in records.rows:
+        return record, records.split
+    raise ConfigError(f"--data: '{source}' holds no rows")
 
 
-def _load_hf_local(path: Path, split: str | None) -> list[dict[str, Any]]:
-    """Rows of a local Hugging Face dataset directory (``save_to_disk`` output or data files)."""
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ConfigError(f"--data: reading the dataset directory '{path}' needs the datasets package") from exc
-    saved = any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json", "dataset_info.json"))
-    try:
-        loaded = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
-    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
-        raise ConfigError(f"--data: cannot read '{path}' as a local Hugging Face dataset: {exc}") from exc
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded)
-        if split is None:
-            split = "test" if "test" in splits else splits[0]
-        if split not in loaded:
-            raise ConfigError(f"--split: '{split}' is not a split of '{path}'; splits: {', '.join(splits)}")
-        loaded = loaded[split]
-    return loaded.to_list()
+def _first_record(path: str | Path) -> Any:
+    """The first row of a math file (the fields are guessed from it)."""
+    return _first_row(path, None)[0]
+
+
+def _math_task(
+    path: str | Path, fields: dict[str, Any], knobs: dict[str, Any], limit: int | None, timeout_s: float
+) -> Task:
+    """A math_jsonl task holding every row of ``path`` as held-out problems, in file order."""
+    chosen: dict[str, Any] = dict(path=str(path), heldout_fraction=1.0, limit=limit, timeout_s=timeout_s, **fields)
+    chosen.update({k: v for k, v in knobs.items() if v is not None})
+    return build_task("math_jsonl", chosen, where="--data")
 
 
 def resolve_data(
@@ -235,13 +200,21 @@ def resolve_data(
     answer_field: str | None = None,
     answer_format: str | None = None,
     prompt_template: str | None = None,
+    answer_extract: str | None = None,
+    answer_regex: str | None = None,
+    system_prompt: str | None = None,
     split: str | None = None,
     limit: int | None = None,
     task_knobs: dict[str, Any] | None = None,
     timeout_s: float = 10.0,
-    work_dir: Path | None = None,
 ) -> EvalData:
-    """The task and problems ``spec`` names (see the module docstring for the accepted forms)."""
+    """The task and problems ``spec`` names (see the module docstring for the accepted forms).
+
+    ``answer_extract`` / ``answer_regex`` set math_jsonl's knobs of those names (reasoning_gym's
+    ``extract`` / ``answer_regex`` for ``gym:`` data); ``system_prompt`` applies to math data.
+    """
+    from rlvr.tasks.math import DATA_SUFFIXES, HUB_PREFIX, guess_fields
+
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     knobs = dict(task_knobs or {})
@@ -249,9 +222,17 @@ def resolve_data(
         kind, _, name = spec.partition(":")
         if not name:
             raise ConfigError(f"--data: '{spec}' names no {'dataset' if kind == 'gym' else 'task'}")
+        if system_prompt is not None:
+            raise ConfigError("--system-prompt applies to math data (files, shared sets, dataset directories, hf:)")
         if kind == "gym":
-            task = build_task("reasoning_gym", {"dataset": name, **knobs}, where="--task-arg")
+            given = {"extract": answer_extract, "answer_regex": answer_regex, "prompt_template": prompt_template}
+            gym_knobs = {"dataset": name, **{k: v for k, v in given.items() if v is not None}, **knobs}
+            task = build_task("reasoning_gym", gym_knobs, where="--task-arg")
         else:
+            if answer_extract is not None or answer_regex is not None:
+                raise ConfigError(
+                    "--answer-extract and --answer-regex apply to math and gym: data; use --task-arg for task:"
+                )
             task = build_task(name, knobs, where="--task-arg")
         count = limit or DEFAULT_PROCEDURAL_PROBLEMS
         problems = task.heldout_problems(count)
@@ -263,44 +244,45 @@ def resolve_data(
         raise ConfigError("--task-arg applies to gym:<dataset> and task:<name> data only")
 
     mapping = dict(question_field=question_field, answer_field=answer_field, answer_format=answer_format)
-    path = Path(spec).expanduser()
-    if spec in SHARED_SETS and not path.exists():
-        path = shared_set_path(spec)
-        fields = {**SHARED_SETS[spec], **{k: v for k, v in mapping.items() if v is not None}}
-        task = _math_task(path, fields, prompt_template, limit, timeout_s)
-        problems = task.heldout_problems(ALL_ROWS)  # heldout_fraction=1: every row, in file order
-        info = {"kind": "shared", "name": spec, "path": str(path), **fields}
-        return EvalData(name=spec, task=task, problems=problems, extract=answer_extractor(task), info=info)
-    if path.is_file():
-        if path.suffix.lower() not in _FILE_SUFFIXES:
-            raise ConfigError(f"--data: '{spec}' must be a {', '.join(_FILE_SUFFIXES)} file")
-        fields = _guess_fields(_first_record(path), **mapping, where=f"'{path}'")
-        task = _math_task(path, fields, prompt_template, limit, timeout_s)
-        problems = task.heldout_problems(ALL_ROWS)  # heldout_fraction=1: every row, in file order
-        info = {"kind": "file", "path": str(path.resolve()), **fields}
-        return EvalData(name=path.stem, task=task, problems=problems, extract=answer_extractor(task), info=info)
-    if path.is_dir():
-        rows = _load_hf_local(path, split)
-        if not rows:
-            raise ConfigError(f"--data: the dataset '{path}' has no rows")
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name) or "dataset"
-        target_dir = (work_dir or Path.cwd()) / "data"
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"{name}.jsonl"
-        with target.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, default=str) + "\n")
-        fields = _guess_fields(rows[0], **mapping, where=f"'{path}'")
-        task = _math_task(target, fields, prompt_template, limit, timeout_s)
-        problems = task.heldout_problems(ALL_ROWS)  # heldout_fraction=1: every row, in file order
-        info = {"kind": "hf_local", "path": str(path.resolve()), "split": split, "converted": str(target), **fields}
-        return EvalData(name=name, task=task, problems=problems, extract=answer_extractor(task), info=info)
-    raise ConfigError(
-        f"--data: '{spec}' is neither a local .jsonl/.json/.parquet file or dataset directory, nor a shared math "
-        f"set ({', '.join(SHARED_SETS)}), nor gym:<reasoning-gym dataset>, nor task:<registered task>. "
-        "Hugging Face datasets are only read from a local directory (datasets.save_to_disk output or a folder "
-        "of data files): rlvr eval never downloads from the hub"
+    math_knobs = dict(
+        prompt_template=prompt_template,
+        answer_extract=answer_extract,
+        answer_regex=answer_regex,
+        system_prompt=system_prompt,
     )
+    path = Path(spec).expanduser()
+    hub = spec.startswith(HUB_PREFIX)
+    if spec in SHARED_SETS and not path.exists():
+        if split is not None:
+            raise ConfigError(f"--split applies to dataset directories and hf: data, not the shared set {spec}")
+        path = shared_set_path(spec)
+        fields: dict[str, Any] = {**SHARED_SETS[spec], **{k: v for k, v in mapping.items() if v is not None}}
+        task = _math_task(path, fields, math_knobs, limit, timeout_s)
+        name, info = spec, {"kind": "shared", "name": spec, "path": str(path), **fields}
+    elif hub or path.is_file() or path.is_dir():
+        if path.is_file() and not hub and path.suffix.lower() not in DATA_SUFFIXES:
+            raise ConfigError(f"--data: '{spec}' must be a {', '.join(DATA_SUFFIXES)} file")
+        record, chosen = _first_row(spec, split)
+        fields = guess_fields(record, **mapping, where=f"'{spec}'", source="--data", flag=_flag)
+        if chosen is not None:
+            fields["split"] = chosen
+        task = _math_task(spec if hub else path, fields, math_knobs, limit, timeout_s)
+        if path.is_file() and not hub:
+            name, info = path.stem, {"kind": "file", "path": str(path.resolve()), **fields}
+        else:
+            label = spec[len(HUB_PREFIX) :].split(":")[0].rstrip("/").rsplit("/", 1)[-1] if hub else path.resolve().name
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label) or "dataset"
+            info = {"kind": "hub" if hub else "hf_local", "path": spec if hub else str(path.resolve()), **fields}
+    else:
+        raise ConfigError(
+            f"--data: '{spec}' is neither a local {'/'.join(DATA_SUFFIXES)} file or dataset directory, nor a shared "
+            f"math set ({', '.join(SHARED_SETS)}), nor gym:<reasoning-gym dataset>, nor task:<registered task>. "
+            f"A Hugging Face hub dataset is read only when written {HUB_PREFIX}<owner>/<name>[:<config>] "
+            "(it needs a network); a local one is a directory (datasets.save_to_disk output or data files)"
+        )
+    problems = task.heldout_problems(ALL_ROWS)  # heldout_fraction=1: every row, in file order
+    info["answer_extract"] = getattr(task, "answer_extract", "boxed")
+    return EvalData(name=name, task=task, problems=problems, extract=answer_extractor(task), info=info)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,7 +291,10 @@ def resolve_data(
 
 RESULTS_FILE = "results.jsonl"
 SETTINGS_FILE = "eval_config.json"
-RESUME_KEYS = ("model", "data", "n", "temperature", "top_p", "top_k", "max_new_tokens", "chat_template", "seed", "prompt_template")
+RESUME_KEYS = (
+    "model", "data", "n", "temperature", "top_p", "top_k", "max_new_tokens", "chat_template", "seed", "prompt_template",
+    "answer_extract", "answer_regex", "system_prompt", "split",
+)
 """Settings that must match for a run to continue an existing results file."""
 
 
@@ -534,13 +519,13 @@ def _usable_prompts(
 @torch.no_grad()
 def _entropies(model: Any, batch: Any, temperature: float, rows: int, chunk_size: int) -> list[float]:
     """Mean per-token entropy (of the sampling distribution) of each response."""
-    from rlvr.train.forward import policy_forward
+    from rlvr.ops.forward import Entropy, policy_forward
 
     out: list[float] = []
     for start in range(0, batch.input_ids.shape[0], rows):
         index = torch.arange(start, min(start + rows, batch.input_ids.shape[0]), device=batch.input_ids.device)
         part = batch.rows(index)
-        fwd = policy_forward(model, part, temperature=temperature, chunk_size=chunk_size, fields=frozenset({"logprobs", "entropy"}))
+        fwd = policy_forward(model, part, temperature=temperature, chunk_size=chunk_size, quantities=[Entropy()])
         mask = part.response_mask.to(fwd["entropy"].dtype)
         sums = (fwd["entropy"].float() * mask).sum(-1)
         counts = mask.sum(-1).clamp(min=1)
@@ -581,6 +566,9 @@ def evaluate_model(
     answer_field: str | None = None,
     answer_format: str | None = None,
     prompt_template: str | None = None,
+    answer_extract: str | None = None,
+    answer_regex: str | None = None,
+    system_prompt: str | None = None,
     split: str | None = None,
     task_knobs: dict[str, Any] | None = None,
     chat_template: str = "auto",
@@ -608,7 +596,6 @@ def evaluate_model(
     """
     from rich.console import Console
 
-    from rlvr.train.rewards import safe_scores
 
     console = console or Console()
     if n < 1:
@@ -639,6 +626,10 @@ def evaluate_model(
         "chat_template": chat_template,
         "seed": seed,
         "prompt_template": prompt_template,
+        "answer_extract": answer_extract,
+        "answer_regex": answer_regex,
+        "system_prompt": system_prompt,
+        "split": split,
         "limit": limit,
         "ks": ks,
     }
@@ -646,27 +637,23 @@ def evaluate_model(
         from rlvr.models.loading import check_model_dir
 
         check_model_dir(str(model_path))
-    # Resolve the data before touching out_dir so a bad --data leaves nothing behind (HF
-    # directories are converted under out_dir, so those resolve after it is known).
-    provisional = Path(out_dir) if out_dir is not None else None
-    path_guess = Path(data).expanduser()
-    is_hf_dir = path_guess.is_dir() and not data.startswith(("gym:", "task:"))
-    if is_hf_dir and provisional is None:
-        provisional = default_out_dir(model_path, path_guess.resolve().name) if model_path else Path("eval_results") / path_guess.name
+    # Resolve the data before touching out_dir so a bad --data leaves nothing behind.
     eval_data = resolve_data(
         data,
         question_field=question_field,
         answer_field=answer_field,
         answer_format=answer_format,
         prompt_template=prompt_template,
+        answer_extract=answer_extract,
+        answer_regex=answer_regex,
+        system_prompt=system_prompt,
         split=split,
         limit=limit,
         task_knobs=task_knobs,
         timeout_s=timeout_s,
-        work_dir=provisional if is_hf_dir else None,
     )
     if out_dir is None:
-        out_dir = provisional or (default_out_dir(model_path, eval_data.name) if model_path else Path("eval_results") / eval_data.name)
+        out_dir = default_out_dir(model_path, eval_data.name) if model_path else Path("eval_results") / eval_data.name
     out = Path(out_dir)
     _check_settings(out, settings, overwrite)
     results_path = out / RESULTS_FILE
@@ -696,6 +683,9 @@ def evaluate_model(
         dev = next(model.parameters()).device
         engine = HFRollout(tokenizer, chat_template=chat_template)
         greedy = temperature == 0
+        sampling = Sampling(
+            n=n, max_new_tokens=max_new_tokens, temperature=temperature if not greedy else 1.0, top_p=top_p, top_k=top_k, greedy=greedy
+        )
         index_of = {p.id: i for i, p in enumerate(problems)}
         with _progress(console, disable=not progress) as bar_owner:
             bar = bar_owner.add_task(f"eval {eval_data.name}", total=len(problems), completed=len(problems) - len(todo), info="")
@@ -705,18 +695,7 @@ def evaluate_model(
                 batch_seed = (seed * 1_000_003 + stable_hash("\n".join(p.id for p in chunk))) % (2**63 - 1)
                 with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
                     torch.manual_seed(batch_seed)
-                    batch = engine.generate(
-                        model,
-                        [p.prompt for p in chunk],
-                        n=n,
-                        max_new_tokens=max_new_tokens,
-                        temperature=temperature if not greedy else 1.0,
-                        top_p=top_p,
-                        top_k=top_k,
-                        greedy=greedy,
-                    )
-                per_response = [p for p in chunk for _ in range(n)]
-                scores, _ = safe_scores(eval_data.task.score, per_response, batch.responses, timeout_s)
+                    batch, scores, _ = sample_and_score(engine, model, chunk, sampling, eval_data.task.score, timeout_s)
                 ents = _entropies(model, batch, temperature if not greedy else 1.0, entropy_rows, entropy_chunk_size) if entropy else None
                 lengths = batch.response_mask.sum(-1).long().tolist()
                 generated_tokens += sum(lengths)
@@ -737,6 +716,7 @@ def evaluate_model(
                         "id": problem.id,
                         "index": index_of[problem.id],
                         "prompt": problem.prompt,
+                        **({"system": problem.meta["system"]} if problem.meta.get("system") else {}),
                         "reference": problem.answer,
                         "responses": texts,
                         "scores": [float(scores[j]) for j in rows],

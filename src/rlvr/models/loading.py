@@ -140,7 +140,7 @@ def check_safetensors(file: Path) -> None:
 
 
 def load_model_and_tokenizer(
-    path: str, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+    path: str, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, attn_implementation: str | None = None
 ) -> tuple[Any, Any]:
     """A causal LM and its tokenizer from the local directory ``path`` (``local_files_only``).
 
@@ -158,7 +158,11 @@ def load_model_and_tokenizer(
         check_safetensors(weights)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(directory), dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
+            str(directory),
+            dtype=dtype,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
         )
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         if not trust_remote_code and "trust_remote_code" in str(exc):

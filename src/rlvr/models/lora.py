@@ -126,16 +126,16 @@ def reference_forward(
     *,
     temperature: float,
     chunk_size: int,
-    fields: frozenset[str] = frozenset({"logprobs"}),
+    quantities: tuple = (),
 ) -> dict[str, Tensor]:
-    """:func:`rlvr.train.forward.policy_forward` of the adapter-disabled base model, without grad.
+    """:func:`rlvr.ops.forward.policy_forward` of the adapter-disabled base model, without grad.
 
     This is the reference policy of a LoRA run: no second model copy is held.
     """
-    from rlvr.train.forward import policy_forward
+    from rlvr.ops.forward import policy_forward
 
     with torch.no_grad(), adapter_disabled(model):
-        return policy_forward(model, batch, temperature=temperature, chunk_size=chunk_size, fields=fields)
+        return policy_forward(model, batch, temperature=temperature, chunk_size=chunk_size, quantities=quantities)
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def tiny_qwen2(
     intermediate_size: int = 512,
     max_position_embeddings: int = 512,
     seed: int = 0,
+    attn_implementation: str = "sdpa",
 ) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2 causal LM sized for ``tokenizer`` (about 0.5M params by default).
 
@@ -86,6 +87,7 @@ def tiny_qwen2(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        attn_implementation=attn_implementation,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from transformers import PreTrainedTokenizerBase
 
 from rlvr.errors import ConfigError
 from rlvr.rollout.base import RolloutBatch
 from rlvr.rollout.hf import HFRollout
+from rlvr.tasks.base import Problem
 
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 
@@ -33,7 +34,7 @@ class RolloutEngine(Protocol):
     def generate(
         self,
         model: Any,
-        prompts: list[str],
+        prompts: Sequence[str | Problem],
         *,
         n: int,
         max_new_tokens: int,
@@ -49,6 +50,10 @@ class RolloutEngine(Protocol):
         """Make the engine sample from ``model``'s current weights (call after each update)."""
         ...
 
+    def sleep(self) -> None:
+        """Free the engine's accelerator memory before the update (no-op where it holds none)."""
+        ...
+
 
 class HFEngine(HFRollout):
     """:class:`HFRollout` as a :class:`RolloutEngine`: samples from the training model, nothing to sync."""
@@ -57,6 +62,10 @@ class HFEngine(HFRollout):
 
     def sync_weights(self, model: Any) -> None:
         """No-op: ``generate`` runs on the training model itself."""
+        return None
+
+    def sleep(self) -> None:
+        """No-op: the engine holds no memory of its own."""
         return None
 
 

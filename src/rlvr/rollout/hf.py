@@ -7,30 +7,56 @@ other architectures, or ``kv_decode=False``, use transformers' ``generate``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlvr.errors import ConfigError
 from rlvr.models.architecture import is_full_attention_llama
 from rlvr.rollout.base import RolloutBatch, response_mask_from_ids
 from rlvr.rollout.kv_decode import KVDecoder
+from rlvr.tasks.base import Problem
 
 
-def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], chat_template: str) -> list[str]:
-    """Apply the tokenizer's chat template (``auto``: when it has one) and return prompt strings."""
+def _prompt_and_system(prompt: str | Problem) -> tuple[str, str | None]:
+    """The user text of a prompt and its system message (a Problem's ``meta["system"]``, if any)."""
+    if isinstance(prompt, Problem):
+        system = prompt.meta.get("system") if isinstance(prompt.meta, dict) else None
+        return prompt.prompt, (str(system) if system else None)
+    return prompt, None
+
+
+def format_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | Problem], chat_template: str
+) -> list[str]:
+    """Apply the tokenizer's chat template (``auto``: when it has one) and return prompt strings.
+
+    A prompt is a string, or a Problem: its ``prompt``, and its ``meta["system"]`` (set by tasks
+    such as math_jsonl's ``system_prompt``) as the chat's system message. Without a chat template
+    the system text comes first, then a blank line, then the prompt.
+    """
     use_chat = chat_template == "on" or (chat_template == "auto" and getattr(tokenizer, "chat_template", None))
     if chat_template == "on" and not getattr(tokenizer, "chat_template", None):
-        from rlvr.errors import ConfigError
-
         raise ConfigError("rollout.chat_template=on but the tokenizer has no chat template; use auto or off")
+    pairs = [_prompt_and_system(p) for p in prompts]
     if not use_chat:
         bos = tokenizer.bos_token or ""
-        return [bos + p for p in prompts]
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
+        return [bos + (f"{system}\n\n{text}" if system else text) for text, system in pairs]
+    texts = []
+    for text, system in pairs:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        try:
+            texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        except Exception as exc:  # noqa: BLE001 - jinja's TemplateError, raised by templates without a system role
+            if not system:
+                raise
+            raise ConfigError(
+                f"the tokenizer's chat template rejects a system message ({exc}); put that text in the "
+                "task's prompt_template instead of system_prompt, or use rollout.chat_template=off"
+            ) from exc
+    return texts
 
 
 def special_ids_to_suppress(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -52,7 +78,7 @@ class HFRollout:
     def generate(
         self,
         model: PreTrainedModel,
-        prompts: list[str],
+        prompts: Sequence[str | Problem],
         *,
         n: int,
         max_new_tokens: int,

@@ -16,8 +16,13 @@ environment: ``pip install 'rlvr[vllm]'``.
   set by default here, or ``distributed_executor_backend="external_launcher"`` as TRL's colocate
   mode uses) are reached through ``llm.llm_engine.model_executor.driver_worker``; otherwise the
   weights go through ``llm.collective_rpc`` to every worker (vLLM issue #16434). The prefix cache
-  is reset afterwards. GPU users colocating training and vLLM can pass ``enable_sleep_mode=True``
-  and call ``llm.sleep()``/``llm.wake_up()`` around the update; the CPU build has no sleep mode.
+  is reset afterwards.
+* **Colocated on the training GPU(s)**: ``gpu_memory_utilization`` caps vLLM's share of the memory
+  and ``tensor_parallel_size`` splits it over GPUs. With ``sleep`` (on by default on CUDA; the CPU
+  build has no sleep mode) the engine is started with ``enable_sleep_mode=True``; the trainer calls
+  :meth:`VLLMRollout.sleep` before the update (vLLM offloads its weights and drops its KV cache,
+  level 1) and :meth:`VLLMRollout.sync_weights` wakes it, loads the new weights and resets the prefix
+  cache before the next rollout.
 * Old log-probs are still recomputed by the trainer on the training model, so vLLM's sampling
   numerics only make the rollout slightly off-policy (no importance correction is applied).
 """
@@ -35,6 +40,7 @@ from transformers import PreTrainedTokenizerBase
 from rlvr.errors import ConfigError
 from rlvr.rollout.base import RolloutBatch
 from rlvr.rollout.hf import decode_responses, format_prompts, special_ids_to_suppress
+from rlvr.tasks.base import Problem
 
 VLLM_MISSING = (
     "rollout.backend=vllm needs the optional extra: pip install 'rlvr[vllm]' "
@@ -169,15 +175,24 @@ class VLLMRollout:
         seed: int = 0,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        sleep: bool = False,
         enforce_eager: bool = True,
+        trust_remote_code: bool = False,
+        engine_kwargs: dict[str, Any] | None = None,
         llm: Any = None,
         sampling_params_cls: Any = None,
-        **engine_kwargs: Any,
     ) -> None:
-        """Start ``vllm.LLM`` on ``model_path``; ``llm``/``sampling_params_cls`` inject an existing engine (tests)."""
+        """Start ``vllm.LLM`` on ``model_path``; ``llm``/``sampling_params_cls`` inject an existing engine (tests).
+
+        ``trust_remote_code`` is passed explicitly (False unless asked), so vLLM never runs code from
+        the model directory on its own.
+        """
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.model_path = Path(model_path)
+        self.sleep_mode = sleep
+        self.asleep = False
         vllm = import_vllm() if llm is None or sampling_params_cls is None else None
         self._sampling_params_cls = sampling_params_cls or vllm.SamplingParams
         if llm is None:
@@ -191,10 +206,14 @@ class VLLMRollout:
                 seed=seed,
                 enforce_eager=enforce_eager,
                 gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
+                trust_remote_code=trust_remote_code,
             )
+            if sleep:
+                kwargs["enable_sleep_mode"] = True
             if max_model_len is not None:
                 kwargs["max_model_len"] = max_model_len
-            kwargs.update(engine_kwargs)
+            kwargs.update(engine_kwargs or {})
             llm = vllm.LLM(**kwargs)
         self.llm = llm
 
@@ -223,7 +242,7 @@ class VLLMRollout:
     def generate(
         self,
         model: Any,
-        prompts: list[str],
+        prompts: Sequence[str | Problem],
         *,
         n: int,
         max_new_tokens: int,
@@ -252,11 +271,24 @@ class VLLMRollout:
             )  # fmt: skip
         return batch
 
+    def sleep(self) -> None:
+        """Free the engine's GPU memory for the update (sleep level 1: weights offloaded, KV cache dropped)."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake(self) -> None:
+        """Undo :meth:`sleep` (no-op when awake)."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
     @torch.no_grad()
     def sync_weights(self, model: Any) -> None:
-        """Load ``model``'s current weights (LoRA merged) into the engine and reset its prefix cache."""
+        """Wake the engine, load ``model``'s current weights (LoRA merged) and reset its prefix cache."""
         from rlvr.models.lora import merged_named_parameters
 
+        self.wake()
         worker = _in_process_worker(self.llm)
         if worker is not None:
             _load_weights_on_worker(worker, list(merged_named_parameters(model)))

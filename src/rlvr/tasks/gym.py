@@ -19,14 +19,18 @@ from typing import Any, Literal, get_args
 
 from rlvr.errors import ConfigError
 from rlvr.tasks.base import Problem, draw_train, is_heldout, tasks
-from rlvr.tasks.math import extract_boxed
+from rlvr.tasks.math import ANSWER_EXTRACTS, ANSWER_INSTRUCTIONS, compile_answer_regex, extract_final_answer
 
-DEFAULT_PROMPT_TEMPLATE = "{question}\nPut your final answer within \\boxed{}."
-"""``{question}`` is replaced by reasoning-gym's question text; other braces are literal."""
-
-Extractor = Literal["boxed", "answer_tag", "first_line", "raw"]
+Extractor = Literal["boxed", "answer_tag", "first_line", "raw", "hash", "last_number", "regex"]
 EXTRACTORS: tuple[str, ...] = get_args(Extractor)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_INSTRUCTIONS: dict[str, str] = {
+    **ANSWER_INSTRUCTIONS,
+    "answer_tag": "put your final answer between <answer> and </answer>",
+    "first_line": "give your final answer on the first line",
+    "raw": "reply with your final answer only",
+}
+"""What the default prompt asks for, per ``extract`` mode (``regex``: the user's template says it)."""
 
 
 def _check_extract(how: str) -> None:
@@ -34,11 +38,28 @@ def _check_extract(how: str) -> None:
         raise ConfigError(f"task.extract must be one of {', '.join(EXTRACTORS)}, got '{how}'")
 
 
-def extract_answer(response: str, how: Extractor) -> str | None:
-    """The answer part of ``response``: last ``\\boxed{}``, last ``<answer>..</answer>``, first line, or all."""
+def default_prompt_template(extract: Extractor) -> str:
+    """``{question}`` followed by the instruction matching ``extract`` (ConfigError for ``regex``)."""
+    _check_extract(extract)
+    if extract not in _INSTRUCTIONS:
+        raise ConfigError(
+            "task.prompt_template: with extract 'regex' give a prompt_template that tells the model the answer "
+            "format the regex reads (or '{question}' when reasoning-gym's question already says it)"
+        )
+    instruction = _INSTRUCTIONS[extract]
+    return "{question}\n" + instruction[0].upper() + instruction[1:] + "."
+
+
+DEFAULT_PROMPT_TEMPLATE = default_prompt_template("boxed")
+"""``{question}`` is replaced by reasoning-gym's question text; other braces are literal."""
+
+
+def extract_answer(response: str, how: Extractor, pattern: re.Pattern[str] | None = None) -> str | None:
+    """The answer part of ``response``: last ``\\boxed{}``, last ``<answer>..</answer>``, first line,
+    all of it, or as math_jsonl reads it (``hash``, ``last_number``, ``regex`` with ``pattern``)."""
     _check_extract(how)
-    if how == "boxed":
-        return extract_boxed(response)
+    if how in ANSWER_EXTRACTS:
+        return extract_final_answer(response, how, pattern)  # type: ignore[arg-type]
     if how == "answer_tag":
         found = _ANSWER_TAG.findall(response)
         return found[-1].strip() if found else None
@@ -63,8 +84,10 @@ class ReasoningGymTask:
     """One reasoning-gym dataset (e.g. ``chain_sum``, ``basic_arithmetic``, ``countdown``).
 
     ``config`` holds extra keyword arguments of the dataset's config class (e.g. ``{"min_terms": 2}``).
-    The answer is taken from the response with ``extract`` (``boxed`` by default, matching the default
-    prompt) and scored with the dataset's ``score_answer``.
+    The answer is taken from the response with ``extract`` (``boxed`` by default; also
+    ``answer_tag``, ``first_line``, ``raw``, ``hash``, ``last_number``, ``regex`` with
+    ``answer_regex``) and scored with the dataset's ``score_answer``. ``prompt_template`` defaults
+    to the question followed by an instruction matching ``extract`` (``regex`` needs one given).
     """
 
     name = "reasoning_gym"
@@ -77,12 +100,16 @@ class ReasoningGymTask:
         seed: int = 0,
         threshold: float = 1.0,
         config: dict[str, Any] | None = None,
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        prompt_template: str | None = None,
         extract: Extractor = "boxed",
+        answer_regex: str | None = None,
     ) -> None:
+        _check_extract(extract)
+        self.answer_pattern = compile_answer_regex(extract, answer_regex)
+        if prompt_template is None:
+            prompt_template = default_prompt_template(extract)
         if "{question}" not in prompt_template:
             raise ConfigError("task.prompt_template must contain '{question}'")
-        _check_extract(extract)
         if size < 1:
             raise ConfigError(f"task.size must be >= 1, got {size}")
         rg = _import_reasoning_gym()
@@ -106,6 +133,8 @@ class ReasoningGymTask:
             return f"\\boxed{{{answer}}}"
         if self.extract == "answer_tag":
             return f"<answer>{answer}</answer>"
+        if self.extract == "hash":
+            return f"#### {answer}"
         return answer
 
     def _problem(self, index: int) -> Problem:
@@ -141,7 +170,7 @@ class ReasoningGymTask:
     def score(self, problem: Problem, response: str) -> float:
         """1.0 when the dataset's ``score_answer`` on the extracted answer reaches ``threshold``."""
         try:
-            answer = extract_answer(response, self.extract)
+            answer = extract_answer(response, self.extract, self.answer_pattern)
             if answer is None:
                 return 0.0
             entry = self.dataset[int(problem.meta["index"])]

@@ -70,10 +70,15 @@ class ModelConfig(Strict):
     path: str | None = None
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="compute dtype; bfloat16 = bf16 autocast over fp32 weights and optimizer state"
+    )
     gradient_checkpointing: bool = False
     trust_remote_code: bool = Field(
         False, description="run Python code shipped in model.path (auto_map); only for a model directory you trust"
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="attention kernel of the training forward (rlvr's KV-cache sampler has its own)"
     )
 
     @model_validator(mode="before")
@@ -123,6 +128,21 @@ class AEPOConfig(Strict):
     adv_threshold: float = 0.05
 
 
+class VLLMConfig(Strict):
+    """The vLLM engine of ``rollout.backend=vllm``, colocated with training on the same GPU(s)."""
+
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="share of GPU memory vLLM may take")
+    tensor_parallel_size: int = Field(1, ge=1)
+    sleep: bool | None = Field(
+        None, description="free vLLM's GPU memory during the update (sleep/wake); null = on for CUDA, off on CPU"
+    )
+    dtype: str = "auto"
+    max_model_len: int | None = Field(None, ge=1)
+    enforce_eager: bool = True
+    trust_remote_code: bool = Field(False, description="let vLLM run Python code shipped in the model directory")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="more vllm.LLM keyword arguments")
+
+
 class RolloutConfig(Strict):
     """Generation of ``group_size`` responses for each of ``prompts_per_step`` prompts."""
 
@@ -130,9 +150,7 @@ class RolloutConfig(Strict):
     kv_decode: bool = Field(
         True, description="hf backend: rlvr's preallocated-KV sampling loop for Llama/Qwen models; false = transformers generate"
     )
-    vllm: dict[str, Any] = Field(
-        default_factory=dict, description="rlvr.rollout.vllm.VLLMRollout options: dtype, max_model_len, gpu_memory_utilization, ..."
-    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     group_size: int = Field(8, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     max_new_tokens: int = Field(16, ge=1)
@@ -205,10 +223,15 @@ class TrainConfig(Strict):
     """Optimisation: PPO epochs over mini-batches, gradient accumulation over micro-batches."""
 
     steps: int = Field(150, ge=0)
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     lr: float = Field(2e-4, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="after warmup: constant, or linear / cosine decay to min_lr_ratio * lr at train.steps"
+    )
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from lr / warmup_steps to lr")
     ppo_epochs: int = Field(1, ge=1)
     mini_batch_size: int | None = Field(64, ge=1, description="sequences per optimizer update; null = whole batch")
     micro_batch_size: int = Field(64, ge=1)
@@ -224,6 +247,17 @@ class TrainConfig(Strict):
     )
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", value):
+            raise ValueError(f"'{value}' is not a device; use auto, cpu, cuda or cuda:N")
+        if value.startswith("cuda"):  # only then is torch imported to look
+            from rlvr.train.device import check_device_available
+
+            check_device_available(value)
+        return value
     max_consecutive_bad_steps: int = Field(3, ge=1)
     reward_timeout_s: float = Field(10.0, gt=0)
 

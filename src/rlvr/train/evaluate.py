@@ -1,23 +1,30 @@
-"""Held-out evaluation inside a run: greedy accuracy, pass@k and response length."""
+"""Held-out evaluation inside a run: greedy accuracy, pass@k and response length.
+
+Sampling and scoring go through :func:`rlvr.rollout.stage.sample_and_score`, the path ``rlvr eval``
+and the training rollouts use.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from transformers import PreTrainedModel
 
 from rlvr.eval.metrics import pass_at_k
-from rlvr.rollout.hf import HFRollout
+from rlvr.rollout.engines import RolloutEngine
+from rlvr.rollout.stage import Sampling, sample_and_score
 from rlvr.tasks.base import Problem
-from rlvr.train.rewards import safe_scores
+from rlvr.train.device import Precision
+
+EVAL_SEED = 1234
+"""Seed of the evaluation's own random stream (the training streams are left as they were)."""
 
 
 def evaluate_heldout(
-    model: PreTrainedModel,
-    engine: HFRollout,
+    model: Any,
+    engine: RolloutEngine,
     problems: list[Problem],
-    score: Callable[[Problem, str], float],
+    score: Callable[[Problem, str], Any],
     *,
     samples: int,
     pass_k: list[int],
@@ -25,31 +32,27 @@ def evaluate_heldout(
     temperature: float,
     timeout_s: float = 10.0,
     batch_prompts: int = 64,
+    precision: Precision | None = None,
 ) -> dict[str, float]:
     """Greedy accuracy plus pass@k over ``samples`` sampled responses per held-out problem.
 
-    Uses its own seeded generator state so evaluating does not perturb the training RNG stream.
-    Scoring goes through :func:`safe_scores` (a crashing or hanging scorer counts as wrong).
+    Runs on a forked, seeded generator state (CPU and the run's CUDA device), so evaluating does
+    not perturb the training RNG streams. Scoring is crash/hang-safe (a failure counts as wrong).
     """
-    cpu_state = torch.get_rng_state()
-    torch.manual_seed(1234)
+    precision = precision or Precision(torch.device("cpu"))
     greedy_correct, lengths = 0, []
     counts: list[int] = []
-    try:
+    greedy = Sampling(n=1, max_new_tokens=max_new_tokens, greedy=True)
+    sampled = Sampling(n=samples, max_new_tokens=max_new_tokens, temperature=temperature)
+    with precision.fork_rng(), precision.autocast():
+        torch.manual_seed(EVAL_SEED)
         for start in range(0, len(problems), batch_prompts):
             chunk = problems[start : start + batch_prompts]
-            prompts = [p.prompt for p in chunk]
-            greedy = engine.generate(model, prompts, n=1, max_new_tokens=max_new_tokens, greedy=True)
-            greedy_scores, _ = safe_scores(score, chunk, greedy.responses, timeout_s)
-            greedy_correct += sum(s >= 1.0 for s in greedy_scores)
-            sampled = engine.generate(model, prompts, n=samples, max_new_tokens=max_new_tokens, temperature=temperature)
-            lengths.extend(sampled.response_mask.sum(-1).tolist())
-            per_response = [p for p in chunk for _ in range(samples)]
-            sampled_scores, _ = safe_scores(score, per_response, sampled.responses, timeout_s)
-            for i in range(len(chunk)):
-                counts.append(sum(s >= 1.0 for s in sampled_scores[i * samples : (i + 1) * samples]))
-    finally:
-        torch.set_rng_state(cpu_state)
+            _, greedy_scores, _ = sample_and_score(engine, model, chunk, greedy, score, timeout_s)
+            greedy_correct += int((greedy_scores >= 1.0).sum())
+            batch, sampled_scores, _ = sample_and_score(engine, model, chunk, sampled, score, timeout_s)
+            lengths.extend(batch.response_mask.sum(-1).tolist())
+            counts.extend((sampled_scores >= 1.0).view(len(chunk), samples).sum(-1).tolist())
     n = len(problems)
     metrics = {
         "eval/accuracy_greedy": greedy_correct / max(1, n),

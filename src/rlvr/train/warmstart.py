@@ -7,8 +7,9 @@ accuracy. The loss covers the solution tokens only.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,7 +33,7 @@ def sft_batch(
             f"warm start needs problems with a prompt and a worked solution, but none of {len(problems)} "
             f"(e.g. '{problems[0].id if problems else '?'}') has one; set warmstart.steps=0 for this task"
         )
-    prompts = format_prompts(tokenizer, [p.prompt for p in usable], chat_template)
+    prompts = format_prompts(tokenizer, usable, chat_template)
     rows, label_rows = [], []
     for problem, prompt in zip(usable, prompts):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -50,6 +51,8 @@ def sft_batch(
 class WarmStart:
     """Supervised steps (AdamW, linear decay to 0 over ``steps``) that can stop and resume exactly.
 
+    The forward runs under ``autocast()`` (the run's precision policy, :mod:`rlvr.train.device`).
+
     ``state_dict`` holds the step, the optimizer, the schedule and the problem-drawing RNG; with the
     model weights and the global RNG states (saved by the trainer) a resumed warm start continues
     the uninterrupted one bit for bit.
@@ -66,8 +69,10 @@ class WarmStart:
         lr: float,
         seed: int,
         chat_template: str = "auto",
+        autocast: Callable[[], ContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.autocast = autocast
         self.steps, self.batch_size, self.chat_template = steps, batch_size, chat_template
         self.rng = random.Random(seed)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -84,7 +89,8 @@ class WarmStart:
         self.model.train()
         problems = self.task.train_problems(self.batch_size, self.rng)
         input_ids, attention, labels = (t.to(device) for t in sft_batch(self.tokenizer, problems, self.chat_template))
-        loss = self.model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        with self.autocast():
+            loss = self.model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

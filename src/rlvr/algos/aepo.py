@@ -1,6 +1,8 @@
 """AEPO: Arbitrary-Entropy Policy Optimization (arXiv 2510.08141, official ``597358816/AEPO``).
 
-A sampling + controller step that replaces the entropy bonus. Each step:
+A sampling + controller step that replaces the entropy bonus. This module is its pure math; the
+rollout-stage component that samples the extra responses is :class:`rlvr.rollout.aepo.AEPOSampler`.
+Each step:
 
 1. ``H`` = mean token entropy of the previous step's rollouts (0 before the first step);
 2. ``T_reg`` = ``temperature_high`` if ``H <= target`` else ``temperature_low``;
@@ -74,10 +76,10 @@ def mix(
     if k == 0:
         return AEPOMix(main_problems, main, main_rewards, main_correct, main_advantages, stats)
     chosen = chosen[:k]
-    keep = torch.arange(k, main.input_ids.shape[0])
+    keep = torch.arange(k, main.input_ids.shape[0], device=main_advantages.device)
     batch = concat_batches([extra.rows(chosen), main.rows(keep)], pad_token_id)
     width = batch.response_mask.shape[1]
-    new_adv = broadcast_to_tokens(torch.ones(k), batch.response_mask[:k])
+    new_adv = broadcast_to_tokens(torch.ones(k, device=main_advantages.device), batch.response_mask[:k])
     old_adv = torch.nn.functional.pad(main_advantages[keep], (0, width - main_advantages.shape[1]))
     return AEPOMix(
         problems=[extra_problems[i] for i in chosen.tolist()] + [main_problems[i] for i in keep.tolist()],
@@ -87,6 +89,11 @@ def mix(
         advantages=torch.cat([new_adv, old_adv]),
         stats=stats,
     )
+
+
+def aepo_temperature(entropy: float, target: float, high: float, low: float) -> float:
+    """``T_reg``: ``high`` while the measured entropy is at or below the target, else ``low``."""
+    return high if entropy <= target else low
 
 
 def sub_prompt_count(num_prompts: int, fraction: float) -> int:

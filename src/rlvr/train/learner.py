@@ -1,0 +1,320 @@
+"""The learner: the forward quantities the methods read, and the PPO-style update.
+
+:meth:`Learner.prepare` turns a scored rollout into a :class:`TrainBatch`: an AlgoContext with the
+rollout policy's quantities (``old_*``) and the reference log-probs the methods declare, computed
+in no-grad micro-batches. Where the old log-probs come from is explicit (:class:`OldLogprobSource`,
+decided by :func:`old_logprob_source`): a separate rollout-policy forward, or, with one optimizer
+update per rollout and nothing reading them before it, the update forward's own detached values
+(ratio exactly 1, as verl and TRL do on-policy).
+
+:meth:`Learner.update` runs ``ppo_epochs`` passes over shuffled mini-batches, each accumulated over
+micro-batches with the loss normalised by mini-batch totals (so micro-batching never changes the
+gradient), clips the gradient of the trainable parameters and steps AdamW; a non-finite loss or
+gradient skips that update.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+from rlvr.algos import AlgoContext
+from rlvr.models.lora import is_peft_model, reference_forward
+from rlvr.ops.forward import Entropy, Quantity, answer_only_batch, policy_forward
+from rlvr.rollout.base import RolloutBatch
+from rlvr.rollout.stage import RolloutResult
+from rlvr.train.config import RunConfig, TrainConfig
+from rlvr.train.device import Precision
+from rlvr.train.pipeline import Pipeline
+
+ADDITIVE_METRICS = frozenset({"train/loss", "train/pg_loss"})
+"""Micro-batch values that are parts of a sum (losses normalised by mini-batch totals): they add up
+within a mini-batch; every other metric is a row-weighted mean."""
+
+
+class OldLogprobSource(str, Enum):
+    """Where the rollout policy's log-probs (the PPO ratio's denominator) come from."""
+
+    ROLLOUT_FORWARD = "rollout_forward"
+    """A no-grad forward of the rollout weights over the whole batch, before the update."""
+    UPDATE_FORWARD = "update_forward"
+    """Each micro-batch's own update forward, detached (only with one update from the rollout weights)."""
+
+
+def old_logprob_source(train: TrainConfig, pipeline: Pipeline, batch_size: int, rows_may_change: bool) -> OldLogprobSource:
+    """:attr:`OldLogprobSource.UPDATE_FORWARD` when a separate old-policy forward would be redundant.
+
+    With one PPO epoch and one mini-batch the only update starts from the rollout weights, so the
+    rollout policy's log-probs equal the update forward's, detached. That holds only if nothing
+    reads them before the update: no ``old_*`` quantity but ``old_logprobs`` is required, and only
+    losses and regularizers without a ``prepare`` hook read it (Clip-Cov's batch covariance or
+    SAR's perplexity need it earlier). ``rows_may_change`` (AEPO measures the rollout entropy and
+    mixes rows before the update) and ``train.old_forward=always`` force the separate forward.
+    """
+    if train.old_forward == "always" or train.ppo_epochs != 1 or rows_may_change:
+        return OldLogprobSource.ROLLOUT_FORWARD
+    if train.mini_batch_size is not None and train.mini_batch_size < batch_size:
+        return OldLogprobSource.ROLLOUT_FORWARD
+    if {name for name in pipeline.requires if name.startswith("old_")} - {"old_logprobs"}:
+        return OldLogprobSource.ROLLOUT_FORWARD
+    readers = pipeline.reads("old_logprobs")
+    if all(c.stage in ("policy_loss", "regularizer") and not callable(getattr(c.fn, "prepare", None)) for c in readers):
+        return OldLogprobSource.UPDATE_FORWARD
+    return OldLogprobSource.ROLLOUT_FORWARD
+
+
+def lr_at(train: TrainConfig, step: int) -> float:
+    """Learning rate of update step ``step`` (0-based): linear warmup over ``warmup_steps``, then
+    ``lr_schedule`` (constant, or linear / cosine decay to ``min_lr_ratio * lr`` at ``steps``)."""
+    if train.warmup_steps and step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    if train.lr_schedule == "constant":
+        return train.lr
+    span = max(1, train.steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / span)
+    floor = train.min_lr_ratio
+    if train.lr_schedule == "linear":
+        scale = 1.0 - (1.0 - floor) * progress
+    else:
+        scale = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return train.lr * scale
+
+
+@dataclass
+class TrainBatch:
+    """A rollout ready for the update: its context, its token grid and where its old log-probs come from."""
+
+    ctx: AlgoContext
+    batch: RolloutBatch
+    old_source: OldLogprobSource
+
+
+class Learner:
+    """Owns the policy being trained, the reference policy and the optimizer."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: torch.nn.Module,
+        pipeline: Pipeline,
+        precision: Precision,
+        empty_prompt_ids: Tensor,
+    ) -> None:
+        self.cfg = cfg
+        self.train = cfg.train
+        self.model = model
+        self.pipeline = pipeline
+        self.precision = precision
+        self.empty_prompt_ids = empty_prompt_ids
+        self.current_quantities, self.old_quantities = pipeline.forward_quantities()
+        self.ref_model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def needs_ref(self) -> bool:
+        return "ref_logprobs" in self.pipeline.requires
+
+    def start(self) -> None:
+        """Reference model (a frozen copy; with LoRA the adapter-disabled policy) and optimizer."""
+        if self.needs_ref and not is_peft_model(self.model) and self.ref_model is None:
+            self.ref_model = copy.deepcopy(self.model).eval()
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+        self.optimizer = self.make_optimizer()
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.train
+        return torch.optim.AdamW(self.trainable(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "ref_model": self.ref_model.state_dict() if self.ref_model is not None else None,
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "shuffle_gen": self.shuffle_gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.start()
+        if state.get("ref_model") is not None:
+            assert self.ref_model is not None
+            self.ref_model.load_state_dict(state["ref_model"])
+        assert self.optimizer is not None
+        if state.get("optimizer"):
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.shuffle_gen.set_state(state["shuffle_gen"])
+
+    # ------------------------------------------------------------------ prepare
+    def micro_batches(self, batch: RolloutBatch) -> Iterator[RolloutBatch]:
+        """Consecutive row slices of ``batch`` of at most ``train.micro_batch_size`` rows."""
+        n, mb = batch.input_ids.shape[0], self.train.micro_batch_size
+        for start in range(0, n, mb):
+            yield batch.rows(torch.arange(start, min(start + mb, n), device=batch.input_ids.device))
+
+    def forward(self, model: torch.nn.Module, batch: RolloutBatch, quantities: list[Quantity] | tuple = ()) -> dict[str, Tensor]:
+        """:func:`rlvr.ops.forward.policy_forward` at the sampling temperature, under the run's precision."""
+        with self.precision.autocast():
+            return policy_forward(
+                model,
+                batch,
+                temperature=self.cfg.rollout.temperature,
+                chunk_size=self.train.logprob_chunk_size,
+                quantities=quantities,
+            )
+
+    def prepare(self, rollout: RolloutResult, step: int, rows_may_change: bool = False) -> TrainBatch:
+        """The context of a scored rollout, with the old/reference quantities the methods read."""
+        batch = rollout.batch
+        device = batch.input_ids.device
+        source = old_logprob_source(self.train, self.pipeline, len(rollout.problems), rows_may_change)
+        ctx = AlgoContext(
+            response_mask=batch.response_mask,
+            rewards=rollout.scores.to(device),
+            group_ids=batch.group_ids,
+            correct=rollout.correct.to(device),
+            truncated=batch.truncated,
+            prompt_ids=[p.id for p in rollout.problems],
+            step=step,
+            max_response_length=self.cfg.rollout.max_new_tokens,
+            agg_mode=self.cfg.algo.agg_mode,
+            generator=self.shuffle_gen,
+            extras={
+                "responses": batch.responses,
+                "problems": rollout.problems,
+                "row_index": torch.arange(len(rollout.problems), device=device),
+            },
+            **self.old_and_ref(batch, policy=source is OldLogprobSource.ROLLOUT_FORWARD),
+        )
+        if "answer_only_logprobs" in self.pipeline.requires:
+            ctx.extras["answer_only_logprobs"] = self.answer_only_logprobs(batch)
+        if rollout.advantages is not None:
+            ctx.advantages = rollout.advantages.to(device)
+        return TrainBatch(ctx, batch, source)
+
+    def old_and_ref(self, batch: RolloutBatch, policy: bool = True) -> dict[str, Tensor]:
+        """Rollout-policy quantities (``old_<name>``, unless ``policy`` is False) and reference log-probs, no grad."""
+        pieces: dict[str, list[Tensor]] = {}
+        peft_ref = self.ref_model is None and self.needs_ref and is_peft_model(self.model)
+        if not policy and self.ref_model is None and not peft_ref:
+            return {}
+        old = list(self.old_quantities.values())
+        with torch.no_grad():
+            for rows in self.micro_batches(batch):
+                if policy:
+                    for key, value in self.forward(self.model, rows, old).items():
+                        pieces.setdefault(f"old_{key}", []).append(value)
+                if self.ref_model is not None:
+                    pieces.setdefault("ref_logprobs", []).append(self.forward(self.ref_model, rows)["logprobs"])
+                elif peft_ref:
+                    with self.precision.autocast():
+                        ref = reference_forward(
+                            self.model,
+                            rows,
+                            temperature=self.cfg.rollout.temperature,
+                            chunk_size=self.train.logprob_chunk_size,
+                        )
+                    pieces.setdefault("ref_logprobs", []).append(ref["logprobs"])
+        return {key: torch.cat(parts, dim=0) for key, parts in pieces.items()}
+
+    def answer_only_logprobs(self, batch: RolloutBatch) -> Tensor:
+        """Log-probs of each response after the empty prompt (:class:`rlvr.ops.forward.AnswerOnlyLogProbs`)."""
+        answer_only = answer_only_batch(batch, self.empty_prompt_ids)
+        with torch.no_grad():
+            return torch.cat([self.forward(self.model, rows)["logprobs"] for rows in self.micro_batches(answer_only)])
+
+    # ------------------------------------------------------------------ update
+    def update(self, tb: TrainBatch, step: int) -> dict[str, float]:
+        """PPO epochs over mini-batches with gradient accumulation; returns the averaged update metrics.
+
+        With :attr:`OldLogprobSource.UPDATE_FORWARD` each micro-batch takes its old log-probs and
+        entropy from its own forward, detached, and the full-batch ``ctx.old_logprobs`` /
+        ``ctx.old_entropy`` are assembled for the step's metrics.
+        """
+        assert self.optimizer is not None
+        t, ctx, batch = self.train, tb.ctx, tb.batch
+        reuse = tb.old_source is OldLogprobSource.UPDATE_FORWARD
+        quantities = dict(self.current_quantities)
+        if reuse:
+            quantities.setdefault("entropy", Entropy())
+            ctx.old_logprobs = torch.zeros_like(ctx.response_mask)
+            ctx.old_entropy = torch.zeros_like(ctx.response_mask)
+        n = ctx.batch_size
+        mini = t.mini_batch_size or n
+        sums: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
+        updates = skipped = 0
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(t, step)
+        for _epoch in range(t.ppo_epochs):
+            order = self.shuffled_rows(ctx).to(ctx.response_mask.device)
+            for start in range(0, n, mini):
+                mini_idx = order[start : start + mini]
+                mini_mask = self.pipeline.denominator_mask(ctx.select(mini_idx))
+                num_tokens = float(mini_mask.sum())
+                num_seqs = float((mini_mask.sum(-1) > 0).sum())
+                self.optimizer.zero_grad(set_to_none=True)
+                finite = True
+                mini_sums: Counter[str] = Counter()
+                for mstart in range(0, len(mini_idx), t.micro_batch_size):
+                    idx = mini_idx[mstart : mstart + t.micro_batch_size]
+                    mctx = ctx.select(idx)
+                    mctx.global_num_tokens = num_tokens
+                    mctx.global_num_seqs = num_seqs
+                    mctx.micro_batch_fraction = len(idx) / len(mini_idx)
+                    for key, value in self.forward(self.model, batch.rows(idx), list(quantities.values())).items():
+                        setattr(mctx, key, value)
+                    if reuse:
+                        mctx.old_logprobs, mctx.old_entropy = mctx.logprobs.detach(), mctx.entropy.detach()
+                        ctx.old_logprobs[idx], ctx.old_entropy[idx] = mctx.old_logprobs, mctx.old_entropy
+                    loss, metrics = self.pipeline.loss(mctx)
+                    if not torch.isfinite(loss):
+                        finite = False
+                        break
+                    loss.backward()
+                    for key, value in metrics.items():
+                        if key in ADDITIVE_METRICS:
+                            mini_sums[key] += value
+                        else:
+                            sums[key] += value * len(idx)
+                            counts[key] += len(idx)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable(), t.grad_clip)
+                if not finite or not torch.isfinite(grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    if reuse and not finite:  # rows after the bad micro-batch were not forwarded
+                        old = self.old_and_ref(batch)
+                        ctx.old_logprobs, ctx.old_entropy = old["old_logprobs"], old["old_entropy"]
+                    continue
+                self.optimizer.step()
+                updates += 1
+                for key, value in mini_sums.items():
+                    sums[key] += value
+                    counts[key] += 1
+                sums["train/grad_norm"] += float(grad_norm)
+                counts["train/grad_norm"] += 1
+        out = {k: sums[k] / counts[k] for k in sums}
+        out["train/updates"] = updates
+        out["train/skipped_updates"] = skipped
+        return out
+
+    def shuffled_rows(self, ctx: AlgoContext) -> Tensor:
+        """Row order of one PPO epoch: shuffled rows, or shuffled whole groups (``train.shuffle=groups``)."""
+        n = ctx.batch_size
+        if self.train.shuffle == "rows" or ctx.group_ids is None:
+            return torch.randperm(n, generator=self.shuffle_gen)
+        dense = torch.unique(ctx.group_ids.cpu(), return_inverse=True)[1]
+        group_order = torch.randperm(int(dense.max()) + 1, generator=self.shuffle_gen)
+        rank = torch.empty_like(group_order)
+        rank[group_order] = torch.arange(len(group_order))
+        return torch.argsort(rank[dense] * n + torch.arange(n), stable=True)
