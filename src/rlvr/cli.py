@@ -7,6 +7,7 @@ Overrides are dotted ``key=value`` pairs (values parsed as YAML), e.g.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     methods.add_argument("--markdown", action="store_true", help="print the docs/methods.md table")
     methods.add_argument(
         "--catalog", action="store_true", help="print src/rlvr/catalog.json (knobs the config is checked against)"
+    )
+    methods.add_argument(
+        "--support", action="store_true", help="print docs/adapters.md: which methods run inside verl / TRL"
     )
 
     _eval_parser(sub)
@@ -261,15 +265,27 @@ def _train(args: argparse.Namespace) -> None:
         cfg = load_resume_config(args.config, args.overrides, force=args.force)
     else:
         cfg = load_config(args.config, args.overrides)
-    if not args.resume:
+    if not args.resume and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 owns the run directory
         check_fresh_run_dir(Path(cfg.output_dir), args.overwrite)
 
     from transformers.utils import logging as hf_logging
 
+    from rlvr.train.distributed import init_distributed, lost_peer_message, shutdown
     from rlvr.train.trainer import Trainer
 
     hf_logging.disable_progress_bar()
-    Trainer(cfg, quiet=args.quiet).run(resume=args.resume, overwrite=args.overwrite, force=args.force)
+    import torch.distributed as torch_dist
+
+    owns_group = not torch_dist.is_initialized()  # a caller that made the process group keeps it
+    dist = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
+    try:
+        Trainer(cfg, quiet=args.quiet, dist=dist).run(resume=args.resume, overwrite=args.overwrite, force=args.force)
+    except RuntimeError as exc:  # torch.distributed.DistBackendError included: a peer died or timed out
+        if not dist.enabled:
+            raise
+        raise RLVRError(lost_peer_message(exc, dist)) from exc
+    if owns_group:
+        shutdown(dist)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    from rlvr.log import install as install_warning_display
+
+    install_warning_display()
     console = Console()
     try:
         if args.command == "train":
@@ -310,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
                 from rlvr.registry import catalog_json
 
                 print(catalog_json(), end="")
+            elif args.support:
+                from rlvr.integrations.support import support_markdown
+
+                print(support_markdown(), end="")
             else:
                 _methods(console)
         elif args.command == "eval":

@@ -109,7 +109,7 @@ def test_omega_reads_the_rollout_entropy() -> None:
 
 def test_trainer_feeds_the_rollout_entropy_to_every_mini_batch(fast_overrides, monkeypatch) -> None:
     """Two mini-batches per step: the second one's Omega uses the rollout entropies, not the updated policy's."""
-    steer_run = ["task=test_parity", "warmstart.steps=0", "algo.token_weights=[steer]", "train.mini_batch_size=8"]
+    steer_run = ["task=test_checksum", "warmstart.steps=0", "algo.token_weights=[steer]", "train.mini_batch_size=8"]
     cfg = load_config(None, [*fast_overrides, *steer_run, "train.lr=0.01"])
     trainer = Trainer(cfg, quiet=True)
     trainer.learner.start()

@@ -117,3 +117,37 @@ def test_catalog_is_current():
     from rlvr.registry import CATALOG_FILE, catalog_json
 
     assert CATALOG_FILE.read_text() == catalog_json(), "run: rlvr methods --catalog > src/rlvr/catalog.json"
+
+
+def test_adapter_support_table_is_current():
+    """docs/adapters.md (which methods run inside verl / TRL) matches the registries."""
+    from pathlib import Path
+
+    from rlvr.integrations.support import support_markdown
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"
+    assert path.read_text() == support_markdown(), "run: rlvr methods --support > docs/adapters.md"
+
+
+def test_adapter_support_rules():
+    from rlvr.algos import REGISTRIES
+    from rlvr.integrations.support import runs_in
+
+    def entry(stage, name):
+        return REGISTRIES[stage].entry(name)
+
+    assert runs_in("verl", "advantage", entry("advantage", "grpo")) == (True, "")
+    assert runs_in("verl", "advantage", entry("advantage", "canon"))[1] == "needs old_entropy"
+    assert runs_in("trl", "policy_loss", entry("policy_loss", "ppo_clip")) == (True, "")
+    assert "prepare hook" in runs_in("trl", "policy_loss", entry("policy_loss", "clip_cov"))[1]
+    assert not runs_in("verl", "regularizer", entry("regularizer", "siren"))[0]
+
+
+def test_python_dash_m_rlvr_runs_the_cli():
+    """``python -m rlvr`` (what ``torchrun -m rlvr train`` runs on every rank) is the CLI."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "rlvr", "config", "show", "train.steps=3"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["train"]["steps"] == 3

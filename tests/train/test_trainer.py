@@ -130,8 +130,11 @@ def test_micro_batching_does_not_change_the_update(extra, tmp_path, fast, inform
     (one, grads_one, params_one), (acc, grads_acc, params_acc) = runs[16], runs[3]
     informative.assert_same(grads_one, grads_acc, rtol=1e-5)
     assert acc["train/grad_norm"] == pytest.approx(one["train/grad_norm"], rel=1e-5)  # pre-clip
-    for key in params_one:
-        assert torch.allclose(params_one[key], params_acc[key], atol=1e-6), key
+    # AdamW's first step is lr * g / (|g| + eps): where |g| is near eps (1e-8) a float-noise change of g
+    # moves the weight by up to lr, so the weights are compared where the gradient is well above eps
+    for key, grad in grads_one[0].items():
+        clear = grad.abs() > 1e-6
+        assert torch.allclose(params_one[key][clear], params_acc[key][clear], atol=1e-6), key
 
 
 def _trainer_after_steps(overrides, informative, steps=2):

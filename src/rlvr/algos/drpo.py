@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext, LossOutput
-from rlvr.algos.groups import group_index
+from rlvr.algos.groups import group_index, group_sizes, split_group
 from rlvr.algos.registry import policy_loss
 from rlvr.algos.shaping import check_choice, check_positive
 from rlvr.errors import ConfigError
@@ -142,8 +142,7 @@ class Drpo:
         """Record the full size of every group of the rollout batch (to detect split groups)."""
         ctx.require("group_ids", who="policy_loss 'drpo'")
         assert ctx.group_ids is not None
-        ids, counts = torch.unique(ctx.group_ids, return_counts=True)
-        self.group_sizes = {gid: int(c) for gid, c in zip(ids.tolist(), counts.tolist())}
+        self.group_sizes = group_sizes(ctx.group_ids)
         metrics: dict[str, float] = {}
         if ctx.correct is not None:
             valid = valid_questions(ctx.correct, ctx.group_ids)
@@ -153,11 +152,10 @@ class Drpo:
     def check_whole_groups(self, group_ids: Tensor) -> None:
         if self.group_sizes is None or self.split_groups == "present":
             return
-        ids, counts = torch.unique(group_ids, return_counts=True)
-        for gid, count in zip(ids.tolist(), counts.tolist()):
-            full = self.group_sizes.get(gid)
-            if full is not None and full != count:
-                raise ConfigError(
+        split = split_group(group_ids, self.group_sizes)
+        if split is not None:
+            gid, count, full = split
+            raise ConfigError(
                     f"policy_loss 'drpo': group {gid} has {count} of its {full} responses in this micro-batch; "
                     "DRPO compares a question's correct and incorrect responses, so every group must be whole in "
                     "one micro-batch. Set train.mini_batch_size and train.micro_batch_size to the rollout batch "

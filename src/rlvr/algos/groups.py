@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -51,3 +53,18 @@ def group_std(values: Tensor, group_ids: Tensor, unbiased: bool = True) -> Tenso
 def broadcast_to_tokens(seq_values: Tensor, response_mask: Tensor) -> Tensor:
     """``(B,)`` -> ``(B, T)``, zero on padding."""
     return seq_values.unsqueeze(-1).to(response_mask.dtype) * response_mask
+
+
+def group_sizes(group_ids: Tensor) -> dict[Any, int]:
+    """``{group id: number of responses}`` (recorded on the whole rollout batch by losses that need whole groups)."""
+    ids, counts = torch.unique(group_ids, return_counts=True)
+    return {gid: int(c) for gid, c in zip(ids.tolist(), counts.tolist())}
+
+
+def split_group(group_ids: Tensor, full_sizes: dict[Any, int]) -> tuple[Any, int, int] | None:
+    """``(group, present, full)`` for the first group with fewer rows here than in ``full_sizes``, else None."""
+    for gid, count in group_sizes(group_ids).items():
+        full = full_sizes.get(gid)
+        if full is not None and full != count:
+            return gid, count, full
+    return None

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from rlvr.algos.context import AlgoContext, LossOutput
 from rlvr.algos.grpo import group_baseline
-from rlvr.algos.groups import group_count, group_index, group_sum
+from rlvr.algos.groups import group_count, group_index, group_sizes, group_sum, split_group
 from rlvr.algos.registry import policy_loss
 from rlvr.algos.shaping import check_choice, check_positive
 from rlvr.errors import ConfigError
@@ -128,16 +128,6 @@ def pacs_weights(labels: Tensor, group_ids: Tensor, weight: PacsWeight) -> Tenso
     return torch.ones_like(labels, dtype=torch.float64)
 
 
-def split_group(group_ids: Tensor, full_sizes: dict[Any, int]) -> tuple[Any, int, int] | None:
-    """``(group, present, full)`` for the first group with fewer rows here than in ``full_sizes``, else None."""
-    ids, counts = torch.unique(group_ids, return_counts=True)
-    for gid, count in zip(ids.tolist(), counts.tolist()):
-        full = full_sizes.get(gid)
-        if full is not None and full != count:
-            return gid, count, full
-    return None
-
-
 @policy_loss.register("pacs", requires=("logprobs", "old_logprobs", "correct", "rewards", "group_ids"))
 class Pacs:
     """PACS (arXiv 2509.02522): BCE of the verifier label on the group-relative implicit score ``beta * sum log(pi/pi_old)``.
@@ -182,8 +172,7 @@ class Pacs:
         """Record the full size of every group of the rollout batch (to detect split groups)."""
         ctx.require("group_ids", who=f"policy_loss '{self.name}'")
         assert ctx.group_ids is not None
-        ids, counts = torch.unique(ctx.group_ids, return_counts=True)
-        self.group_sizes = {gid: int(c) for gid, c in zip(ids.tolist(), counts.tolist())}
+        self.group_sizes = group_sizes(ctx.group_ids)
         return {}
 
     def labels(self, ctx: AlgoContext) -> Tensor:

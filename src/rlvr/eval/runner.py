@@ -53,7 +53,7 @@ from rlvr.eval.metrics import (
     pass_at_k,
     percentile,
 )
-from rlvr.rollout.hf import HFRollout
+from rlvr.rollout.engines import build_engine
 from rlvr.rollout.stage import Sampling, sample_and_score
 from rlvr.tasks import build_task
 from rlvr.tasks.base import Problem, Task, context_length, drop_unusable, stable_hash
@@ -681,7 +681,7 @@ def evaluate_model(
         was_training = bool(getattr(model, "training", False))
         model.eval()
         dev = next(model.parameters()).device
-        engine = HFRollout(tokenizer, chat_template=chat_template)
+        engine = build_engine("hf", tokenizer, chat_template=chat_template, model=model)  # an MDLM gets its own decoder
         greedy = temperature == 0
         sampling = Sampling(
             n=n, max_new_tokens=max_new_tokens, temperature=temperature if not greedy else 1.0, top_p=top_p, top_k=top_k, greedy=greedy

@@ -39,12 +39,13 @@ from trl import GRPOTrainer
 from rlvr.algos import REGISTRIES, AlgoContext, Component
 from rlvr.algos.aggregation import AGG_MODES
 from rlvr.errors import ConfigError
+from rlvr.integrations.support import TRL_ADVANTAGE_FIELDS, TRL_POLICY_LOSS_FIELDS
 
 TESTED_TRL = "1.16"
 MethodSpec = str | tuple[str, dict[str, Any]] | Component | None
 
-ADVANTAGE_FIELDS = frozenset({"rewards", "group_ids", "correct", "truncated", "response_mask", "prompt_ids"})
-POLICY_LOSS_FIELDS = frozenset({"logprobs", "old_logprobs", "advantages", "ref_logprobs", "entropy", "response_mask"})
+ADVANTAGE_FIELDS = TRL_ADVANTAGE_FIELDS
+POLICY_LOSS_FIELDS = TRL_POLICY_LOSS_FIELDS
 
 
 def build_component(stage: str, spec: MethodSpec, available: frozenset[str]) -> Component | None:
@@ -59,6 +60,11 @@ def build_component(stage: str, spec: MethodSpec, available: frozenset[str]) -> 
     missing = sorted(set(component.requires) - available)
     if missing:
         raise ConfigError(f"rlvr {stage} '{component.name}' needs {missing}, which GRPOTrainer does not provide")
+    if stage == "policy_loss" and callable(getattr(component.fn, "prepare", None)):
+        raise ConfigError(
+            f"rlvr policy_loss '{component.name}' needs the whole rollout batch before the update (a prepare hook), "
+            "which GRPOTrainer's loss does not see; use rlvr's native trainer"
+        )
     return component
 
 

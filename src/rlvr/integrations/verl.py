@@ -41,6 +41,7 @@ from torch import Tensor
 from rlvr.algos import REGISTRIES, AlgoContext
 from rlvr.algos.aggregation import AGG_MODES, aggregate
 from rlvr.errors import ConfigError
+from rlvr.integrations.support import VERL_ADVANTAGE_FIELDS, VERL_POLICY_LOSS_FIELDS, runs_in
 
 SUPPORTED_VERL = ">=0.5,<0.10"
 """verl versions whose registry and call signatures this adapter follows (checked against 0.9.1)."""
@@ -50,10 +51,8 @@ VERL_MISSING = (
     "rlvr.integrations.verl needs verl (pip install 'verl>=0.5,<0.10' in its own environment: "
     "verl pins transformers<5.11)"
 )
-ADVANTAGE_FIELDS = frozenset({"rewards", "group_ids", "correct", "response_mask", "prompt_ids"})
-"""Context fields the advantage adapter can fill from verl's estimator arguments."""
-POLICY_LOSS_FIELDS = frozenset({"logprobs", "old_logprobs", "advantages", "response_mask"})
-"""Context fields the policy-loss adapter can fill from verl's policy-loss arguments."""
+ADVANTAGE_FIELDS = VERL_ADVANTAGE_FIELDS
+POLICY_LOSS_FIELDS = VERL_POLICY_LOSS_FIELDS
 
 Spec = Iterable[str] | Mapping[str, "str | tuple[str, dict[str, Any]]"] | None
 
@@ -145,6 +144,9 @@ def verl_policy_loss(name: str, knobs: dict[str, Any] | None = None) -> Callable
     """A verl policy loss running the rlvr policy loss ``name`` (see the module docstring)."""
     component = REGISTRIES["policy_loss"].build(name, knobs or {}, f"verl policy loss rlvr '{name}'")
     _check_fields(component.requires, POLICY_LOSS_FIELDS, f"rlvr policy loss '{name}'", "policy losses")
+    ok, why = runs_in("verl", "policy_loss", REGISTRIES["policy_loss"].entry(name))
+    if not ok:
+        raise ConfigError(f"rlvr policy loss '{name}' cannot run inside verl: it {why}; use rlvr's native trainer")
 
     def policy_loss(
         old_log_prob: Tensor,
@@ -189,8 +191,7 @@ def _normalise(spec: Spec, stage: str, prefix: str) -> dict[str, tuple[str, dict
     """``{verl_name: (rlvr_name, knobs)}`` from a spec (None = every method whose inputs verl provides)."""
     if spec is None:
         registry = REGISTRIES[stage]
-        available = ADVANTAGE_FIELDS if stage == "advantage" else POLICY_LOSS_FIELDS
-        spec = [n for n in registry.names() if registry.entry(n).requires <= available]
+        spec = [n for n in registry.names() if runs_in("verl", stage, registry.entry(n))[0]]
     if isinstance(spec, Mapping):
         out = {}
         for verl_name, value in spec.items():

@@ -26,12 +26,14 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 def is_full_attention_llama(model: nn.Module) -> bool:
     """True for a Llama-family causal LM (:data:`LLAMA_FAMILY`) whose every layer attends to the full context.
 
+    A bidirectional one (``config.is_causal`` False: a masked diffusion model) is not a causal LM.
+
     Sliding-window layers (``layer_types`` other than ``full_attention``, or a Mistral
     ``sliding_window``) and soft-capped logits are excluded.
     """
     base = unwrap_peft(model)
     config = getattr(base, "config", None)
-    if getattr(config, "model_type", None) not in LLAMA_FAMILY:
+    if getattr(config, "model_type", None) not in LLAMA_FAMILY or getattr(config, "is_causal", True) is False:
         return False
     decoder = getattr(base, "model", None)
     if getattr(decoder, "layers", None) is None or not hasattr(base, "lm_head") or not hasattr(decoder, "rotary_emb"):

@@ -26,9 +26,10 @@ def build_model_and_tokenizer(model_cfg: ModelConfig, seed: int = 0) -> tuple[An
             attn_implementation=model_cfg.attn_implementation,
         )
     else:
+        from rlvr.models.mdlm import mdlm_tokenizer
         from rlvr.models.tiny import char_tokenizer, tiny_qwen2
 
-        tokenizer = char_tokenizer()
+        tokenizer = mdlm_tokenizer() if model_cfg.kind == "mdlm" else char_tokenizer()
         t = model_cfg.tiny
         model = tiny_qwen2(
             tokenizer,
@@ -40,6 +41,22 @@ def build_model_and_tokenizer(model_cfg: ModelConfig, seed: int = 0) -> tuple[An
             seed=seed,
             attn_implementation=model_cfg.attn_implementation,
         )
+    from rlvr.models.mdlm import as_mdlm
+
+    model = as_mdlm(model, tokenizer, model_cfg.kind)  # model.kind=mdlm: bidirectional, with the mask token
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     return model, tokenizer
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them.
+
+    transformers checkpoints a layer only in training mode (``from_pretrained`` returns the model in
+    eval mode), so the model is switched to training mode; the Llama-family models rlvr's fast paths
+    cover have no dropout, so their outputs are unchanged. ``activation_checkpointing_enable`` is
+    the newer name of ``gradient_checkpointing_enable`` (which warns in later transformers 5.x).
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.train()

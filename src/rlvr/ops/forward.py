@@ -15,8 +15,9 @@ to the sampling distribution (``RawLogit`` is the one pre-temperature value).
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ from rlvr.ops.certainty import chunked_self_certainty
 from rlvr.ops.logprobs import chunked_logprobs_entropy, output_head_weight, response_hidden_states
 from rlvr.ops.minp import chunked_minp_logprobs
 from rlvr.ops.top_p_entropy import chunked_top_p_entropy
-from rlvr.rollout.base import RolloutBatch
+from rlvr.rollout.base import UNMASK_STEP, RolloutBatch
 
 
 @dataclass
@@ -203,12 +204,46 @@ def policy_forward(
     temperature: float,
     chunk_size: int,
     quantities: Iterable[Quantity] = (),
+    agree: Callable[[bool], bool] | None = None,
 ) -> dict[str, Tensor]:
     """``{quantity.name: (B, T) values}`` of the response tokens, log-probs always included.
 
     Gradients flow when called outside ``torch.no_grad`` (except for non-differentiable
-    quantities). Padding positions hold 0.
+    quantities). Padding positions hold 0. ``agree`` turns a local choice of forward path into one
+    all ranks share (see :func:`rlvr.ops.logprobs.response_hidden_states`). A model prepared by
+    :func:`attach_policy_forward` (FSDP2) runs this through its registered forward method.
     """
+    method = getattr(model, "rlvr_policy_forward", None)
+    if method is not None:
+        return method(batch, temperature=temperature, chunk_size=chunk_size, quantities=tuple(quantities), agree=agree)
+    return compute_policy_forward(model, batch, temperature=temperature, chunk_size=chunk_size, quantities=quantities, agree=agree)
+
+
+def attach_policy_forward(model: torch.nn.Module) -> None:
+    """Give ``model`` a ``rlvr_policy_forward`` method (for FSDP2's ``register_fsdp_forward_method``)."""
+
+    def rlvr_policy_forward(self: torch.nn.Module, batch: RolloutBatch, **kwargs: Any) -> dict[str, Tensor]:
+        return compute_policy_forward(self, batch, **kwargs)
+
+    model.rlvr_policy_forward = types.MethodType(rlvr_policy_forward, model)  # type: ignore[attr-defined]
+
+
+def compute_policy_forward(
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    *,
+    temperature: float,
+    chunk_size: int,
+    quantities: Iterable[Quantity] = (),
+    agree: Callable[[bool], bool] | None = None,
+) -> dict[str, Tensor]:
+    """:func:`policy_forward`'s computation (a masked-diffusion batch is replayed along its trajectory)."""
+    from rlvr.models.mdlm import is_mdlm
+
+    if UNMASK_STEP in batch.extras or is_mdlm(model):
+        from rlvr.ops.trajectory import trajectory_forward
+
+        return trajectory_forward(model, batch, temperature=temperature, chunk_size=chunk_size, quantities=quantities)
     wanted = {q.name: q for q in (LogProbs(), *quantities)}
     separate = [name for name, q in wanted.items() if q.own_forward]
     if separate:
@@ -216,7 +251,7 @@ def policy_forward(
     prompt_len = batch.prompt_len
     valid = batch.response_mask.bool()
     head = HeadInputs(
-        hidden=response_hidden_states(model, batch.input_ids, batch.attention_mask, prompt_len)[valid],
+        hidden=response_hidden_states(model, batch.input_ids, batch.attention_mask, prompt_len, agree=agree)[valid],
         weight=output_head_weight(model),
         targets=batch.input_ids[:, prompt_len:][valid],
         temperature=temperature,

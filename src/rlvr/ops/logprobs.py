@@ -25,7 +25,9 @@ forward and of the backward call.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -371,6 +373,17 @@ def _decoder_body(model: nn.Module) -> nn.Module | None:
     return body
 
 
+@functools.cache
+def _forward_parameters(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def cache_keyword(module: nn.Module) -> str:
+    """The name under which ``module.forward`` takes a KV cache: ``cache`` (newer transformers 5.x,
+    which warns on the old name) or ``past_key_values`` (transformers 5.0)."""
+    return "cache" if "cache" in _forward_parameters(type(module)) else "past_key_values"
+
+
 def default_position_ids(attention_mask: Tensor) -> Tensor:
     """``cumsum(mask) - 1`` (0 on padding): the positions ``generate`` uses for left-padded prompts."""
     position_ids = attention_mask.long().cumsum(-1) - 1
@@ -411,7 +424,13 @@ def last_hidden_states(
     return hidden
 
 
-def response_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> Tensor:
+def response_hidden_states(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    prompt_len: int,
+    agree: Callable[[bool], bool] | None = None,
+) -> Tensor:
     """``(B, T)`` final hidden states that predict the response tokens ``input_ids[:, prompt_len:]``.
 
     Equal to ``last_hidden_states(...)[:, prompt_len - 1 : -1]``. When rows share a prompt (a GRPO
@@ -421,6 +440,8 @@ def response_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: 
     this saves ``(n - 1) * P`` of every ``n * (P + T)`` token positions. The shared path is used
     for Llama-family models (:func:`rlvr.models.architecture.is_full_attention_llama`) without
     gradient checkpointing, whose prompts are left-padded (so the last prompt column is a real token).
+    ``agree`` (multi-process training with sharded parameters, where both paths run collectives)
+    turns the local choice into one every rank shares.
     """
     batch, seq_len = input_ids.shape
     prompt_ids, prompt_mask = input_ids[:, :prompt_len], attention_mask[:, :prompt_len]
@@ -435,6 +456,8 @@ def response_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: 
     if shareable:
         unique, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
         shareable = unique.shape[0] < batch
+    if agree is not None:
+        shareable = agree(bool(shareable))
     if not shareable:
         return last_hidden_states(model, input_ids, attention_mask)[:, prompt_len - 1 : -1]
     from transformers import DynamicCache
@@ -443,15 +466,16 @@ def response_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: 
     first = first.scatter_reduce(0, inverse, torch.arange(batch, device=input_ids.device), reduce="amin")
     positions = default_position_ids(attention_mask)
     cache = DynamicCache(config=body.config)
+    cache_arg = {cache_keyword(body): cache}
     prompt_out = body(
         input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=positions[first, :prompt_len],
-        past_key_values=cache, use_cache=True,
+        use_cache=True, **cache_arg,
     )  # fmt: skip
     for layer in cache.layers:  # index_select: its backward (index_add) is deterministic on CPU; [inverse] is not
         layer.keys, layer.values = layer.keys.index_select(0, inverse), layer.values.index_select(0, inverse)
     response_out = body(
         input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask, position_ids=positions[:, prompt_len:],
-        past_key_values=cache, use_cache=True,
+        use_cache=True, **cache_arg,
     )  # fmt: skip
     last_prompt = prompt_out.last_hidden_state[:, -1:].index_select(0, inverse)
     return torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)

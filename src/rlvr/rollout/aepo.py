@@ -27,7 +27,14 @@ class AEPOSampler:
         self.entropy = 0.0
 
     def augment(
-        self, stage: RolloutStage, model: Any, rollout: RolloutResult, rewards: Tensor, advantages: Tensor, entropy: float
+        self,
+        stage: RolloutStage,
+        model: Any,
+        rollout: RolloutResult,
+        rewards: Tensor,
+        advantages: Tensor,
+        entropy: float,
+        step: int = 0,
     ) -> tuple[RolloutResult | None, dict[str, float]]:
         """The mixed rollout (None when no extra sample qualifies) and AEPO's metrics.
 
@@ -47,7 +54,7 @@ class AEPOSampler:
             top_p=stage.sampling.top_p,
             top_k=stage.sampling.top_k,
         )
-        extra = stage.sample(model, sub, sampling)
+        extra = stage.sample(model, sub, sampling, key=(step, "aepo"))
         device = rollout.batch.input_ids.device
         mixed = mix(
             rollout.batch,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+UNMASK_STEP = "unmask_step"
+"""``extras`` key of a masked-diffusion rollout (:mod:`rlvr.rollout.mdlm`): ``(B, T)`` long, the
+decoding step at which each response position was unmasked (the whole trajectory, with the final tokens)."""
 
 
 @dataclass
@@ -15,6 +19,10 @@ class RolloutBatch:
     ``input_ids``/``attention_mask`` are ``(B, prompt_len + T)``; response token ``t`` of row ``i``
     is ``input_ids[i, prompt_len + t]`` and is valid where ``response_mask[i, t] == 1`` (the EOS
     token, when generated, is part of the response so the policy learns to stop).
+
+    ``extras`` holds per-row tensors (first dimension ``B``) an engine records for the learner and
+    the methods, e.g. :data:`UNMASK_STEP`; ``rows`` slices them and the learner copies them into
+    ``AlgoContext.extras``.
     """
 
     input_ids: Tensor
@@ -24,6 +32,7 @@ class RolloutBatch:
     responses: list[str]
     truncated: Tensor
     group_ids: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def response_ids(self) -> Tensor:
@@ -43,6 +52,7 @@ class RolloutBatch:
             responses=[self.responses[i] for i in index.tolist()],
             truncated=self.truncated[index],
             group_ids=self.group_ids[index],
+            extras={key: value[index] for key, value in self.extras.items()},
         )
 
 
@@ -64,8 +74,13 @@ def response_mask_from_ids(response_ids: Tensor, eos_token_id: int | list[int]) 
 def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
     """Stack rollout batches of different prompt/response widths (prompts left-, responses right-padded).
 
-    Group ids are renumbered so groups of different batches stay distinct.
+    Group ids are renumbered so groups of different batches stay distinct. ``extras`` are
+    concatenated as they are: every batch must hold the same keys, with equal shapes after the first
+    dimension (a masked-diffusion rollout's are ``(B, max_new_tokens)``).
     """
+    keys = set(batches[0].extras)
+    if any(set(b.extras) != keys for b in batches):
+        raise ValueError(f"cannot concatenate rollout batches with different extras: {[sorted(b.extras) for b in batches]}")
     prompt_len = max(b.prompt_len for b in batches)
     width = max(b.response_mask.shape[1] for b in batches)
     ids, attn, masks, group_ids = [], [], [], []
@@ -87,4 +102,5 @@ def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBat
         responses=[r for b in batches for r in b.responses],
         truncated=torch.cat([b.truncated for b in batches]),
         group_ids=torch.cat(group_ids),
+        extras={key: torch.cat([b.extras[key] for b in batches]) for key in sorted(keys)},
     )

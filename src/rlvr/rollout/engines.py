@@ -77,6 +77,7 @@ def build_engine(
     model_path: str | Path | None = None,
     model: Any = None,
     kv_decode: bool = True,
+    mdlm: dict[str, Any] | None = None,
     **options: Any,
 ) -> RolloutEngine:
     """The engine for ``backend`` (``hf`` or ``vllm``).
@@ -86,7 +87,21 @@ def build_engine(
     directory first. ``options`` go to :class:`rlvr.rollout.vllm.VLLMRollout` (e.g. ``dtype``,
     ``gpu_memory_utilization``, ``max_model_len``, ``seed``). ``kv_decode`` picks the HF engine's
     decoding loop (:mod:`rlvr.rollout.kv_decode` where supported, else ``generate``).
+
+    A masked diffusion model (``model.kind=mdlm``, :func:`rlvr.models.mdlm.is_mdlm`) is sampled by
+    :class:`rlvr.rollout.mdlm.MDLMEngine` with the decoding options ``mdlm`` (``rollout.mdlm``;
+    the defaults when None).
     """
+    from rlvr.models.mdlm import is_mdlm
+
+    if mdlm is not None or (model is not None and is_mdlm(model)):
+        from rlvr.rollout.mdlm import MDLMEngine
+
+        if backend != "hf" or options:
+            raise ConfigError(f"a masked diffusion model is sampled by rlvr's own decoder: use rollout.backend=hf (got {backend})")
+        if model is not None and not is_mdlm(model):
+            raise ConfigError("masked-diffusion decoding options were given for a causal model; set model.kind=mdlm")
+        return MDLMEngine(tokenizer, chat_template, **(mdlm or {}))
     if backend == "hf":
         if options:
             raise ConfigError(f"rollout.backend=hf takes no engine options, got {sorted(options)}")

@@ -16,6 +16,7 @@ is trained on as it is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 import warnings
@@ -30,8 +31,9 @@ from rlvr.algos.dynamic_sampling import keep_informative_groups
 from rlvr.errors import RLVRError
 from rlvr.rollout.base import RolloutBatch, concat_batches
 from rlvr.rollout.engines import RolloutEngine
-from rlvr.tasks.base import Problem, Task, context_length, drop_unusable, prompt_issue
-from rlvr.tasks.scoring import safe_scores
+from rlvr.tasks.base import Problem, Task, context_length, drop_unusable, prompt_issue, stable_hash
+from rlvr.train.distributed import SINGLE, Dist
+from rlvr.tasks.reward_funcs import RewardScorer, as_scorer
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,27 @@ def sample_and_score(
     model: Any,
     problems: list[Problem],
     sampling: Sampling,
-    score: Callable[[Problem, str], Any],
+    score: Callable[[Problem, str], Any] | RewardScorer,
     timeout_s: float,
 ) -> tuple[RolloutBatch, Tensor, Counter[str]]:
     """``sampling.n`` responses per problem and their crash/hang/NaN-safe scores (float32, CPU).
 
-    Rows ``i*n .. i*n+n-1`` answer ``problems[i]`` and share group id ``i``.
+    Rows ``i*n .. i*n+n-1`` answer ``problems[i]`` and share group id ``i``. ``score`` is the task's
+    verifier, or a :class:`~rlvr.tasks.reward_funcs.RewardScorer` (verifier + reward functions).
     """
+    batch, scores, failures, _ = sample_scored(engine, model, problems, sampling, score, timeout_s)
+    return batch, scores, failures
+
+
+def sample_scored(
+    engine: RolloutEngine,
+    model: Any,
+    problems: list[Problem],
+    sampling: Sampling,
+    score: Callable[[Problem, str], Any] | RewardScorer,
+    timeout_s: float,
+) -> tuple[RolloutBatch, Tensor, Counter[str], Tensor | None]:
+    """:func:`sample_and_score` and the rows the task's verifier found correct (bool, CPU; None without it)."""
     batch = engine.generate(
         model,
         problems,  # Problems, not strings: the chat template also reads their system prompt (meta["system"])
@@ -119,8 +135,9 @@ def sample_and_score(
         greedy=sampling.greedy,
     )
     per_response = [p for p in problems for _ in range(sampling.n)]
-    scores, failures = safe_scores(score, per_response, batch.responses, timeout_s)
-    return batch, torch.tensor(scores, dtype=torch.float32), failures
+    scored = as_scorer(score)(per_response, batch.responses, timeout_s)
+    verified = None if scored.verified is None else torch.tensor(scored.verified, dtype=torch.bool)
+    return batch, torch.tensor(scored.rewards, dtype=torch.float32), scored.failures, verified
 
 
 class RolloutStage:
@@ -139,9 +156,16 @@ class RolloutStage:
         max_sampling_rounds: int = 10,
         timeout_s: float = 10.0,
         seed: int = 0,
+        shards: int = 1,
+        dist: Dist = SINGLE,
         autocast: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+        scorer: RewardScorer | None = None,
     ) -> None:
+        if prompts_per_step % shards:
+            raise RLVRError(f"rollout.prompts_per_step ({prompts_per_step}) must be a multiple of rollout.shards ({shards})")
         self.task, self.engine, self.tokenizer = task, engine, tokenizer
+        self.scorer = scorer or RewardScorer(task.score)  # the verifier alone, or with reward.funcs
+        self.seed, self.shards, self.dist = seed, shards, dist
         self.count_tokens = token_counter(tokenizer)
         self.sampling = sampling
         self.prompts_per_step = prompts_per_step
@@ -174,26 +198,61 @@ class RolloutStage:
             "tokens, the model's context included)"
         )
 
-    def sample(self, model: Any, problems: list[Problem], sampling: Sampling | None = None) -> RolloutResult:
-        """Sample and score ``problems`` (no filtering)."""
+    def _sample_local(self, model: Any, problems: list[Problem], sampling: Sampling, seed: int) -> RolloutResult:
+        """Sample and score ``problems`` here, from a random stream seeded with ``seed`` only."""
         t0 = time.perf_counter()
-        sampling = sampling or self.sampling
-        with self.autocast():
-            batch, scores, failures = sample_and_score(self.engine, model, problems, sampling, self.task.score, self.timeout_s)
+        device = _device_of(model)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), self.autocast():
+            torch.manual_seed(seed)
+            batch, scores, failures, verified = sample_scored(self.engine, model, problems, sampling, self.scorer, self.timeout_s)
         per_response = [p for p in problems for _ in range(sampling.n)]
-        return RolloutResult(per_response, batch, scores, failures, generate_s=time.perf_counter() - t0)
+        return RolloutResult(per_response, batch, scores, failures, generate_s=time.perf_counter() - t0, verified=verified)
 
-    def collect(self, model: Any) -> RolloutResult:
+    def sample(self, model: Any, problems: list[Problem], sampling: Sampling | None = None, *, key: tuple = ()) -> RolloutResult:
+        """Sample and score ``problems`` (no filtering), in ``rollout.shards`` shards of whole groups.
+
+        Shard ``s`` is sampled by rank ``s % world_size`` from the seed of ``(seed, *key, s)``; the
+        scored shards are gathered, so every rank returns the same result, and the result does not
+        depend on the world size.
+        """
+        sampling = sampling or self.sampling
+        shards = self.shards if len(problems) % self.shards == 0 else 1
+        per = len(problems) // shards
+        local = [
+            (s, self._sample_local(model, problems[s * per : (s + 1) * per], sampling, shard_seed(self.seed, *key, s)))
+            for s in range(shards)
+            if self.dist.mine(s)
+        ]
+        if not self.dist.enabled and shards == 1:
+            return local[0][1]
+        device = _device_of(model)
+        pieces = sorted(
+            (s, r) for part in self.dist.all_gather_object([(s, _to_cpu(r)) for s, r in local]) for s, r in part
+        )
+        results = [_to_device(r, device) for _, r in pieces]
+        failures: Counter[str] = Counter()
+        for r in results:
+            failures += r.failures
+        return RolloutResult(
+            problems=[p for r in results for p in r.problems],
+            batch=concat_batches([r.batch for r in results], self.tokenizer.pad_token_id),
+            scores=torch.cat([r.scores for r in results]),
+            failures=failures,
+            generate_s=max(r.generate_s for r in results),
+            verified=torch.cat([r.correct for r in results]),
+        )
+
+    def collect(self, model: Any, step: int = 0) -> RolloutResult:
         """This step's rollout: ``prompts_per_step`` groups, after dynamic sampling when it is on."""
         t0 = time.perf_counter()
         if not self.dynamic_sampling:
-            return self.sample(model, self.draw_problems(self.prompts_per_step))
+            return self.sample(model, self.draw_problems(self.prompts_per_step), key=(step, 0))
         failures: Counter[str] = Counter()
         kept: list[RolloutResult] = []
         kept_groups = rounds = 0
         while True:
+            result = self.sample(model, self.draw_problems(self.prompts_per_step), key=(step, rounds))
             rounds += 1
-            result = self.sample(model, self.draw_problems(self.prompts_per_step))
             failures += result.failures
             keep = keep_informative_groups(result.scores, result.batch.group_ids.cpu()).nonzero().squeeze(-1)
             if keep.numel():
@@ -214,6 +273,7 @@ class RolloutStage:
             problems=[p for r in kept for p in r.problems],
             batch=batch,
             scores=torch.cat([r.scores for r in kept]),
+            verified=torch.cat([r.correct for r in kept]),
         )
         rows = (batch.group_ids < self.prompts_per_step).nonzero().squeeze(-1).cpu()
         out = _rows(merged, rows)
@@ -238,4 +298,42 @@ def _rows(result: RolloutResult, index: Tensor) -> RolloutResult:
         failures=result.failures,
         stats=result.stats,
         generate_s=result.generate_s,
+        verified=result.correct[index],
     )
+
+
+def shard_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (``(seed, step, round, shard)``), the same in every process."""
+    return stable_hash(":".join(str(p) for p in parts)) % (2**63 - 1)
+
+
+def _device_of(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def _to_cpu(result: RolloutResult) -> RolloutResult:
+    """A copy with CPU tensors (what crosses processes)."""
+    return _to_device(result, torch.device("cpu"))
+
+
+def _to_device(result: RolloutResult, device: torch.device) -> RolloutResult:
+    return RolloutResult(
+        result.problems, batch_to(result.batch, device), result.scores.cpu(), result.failures, generate_s=result.generate_s,
+        verified=None if result.verified is None else result.verified.cpu(),
+    )  # fmt: skip
+
+
+def batch_to(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
+    """``batch`` with every tensor (extras included) on ``device``."""
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.to(device)
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        return value
+
+    return dataclasses.replace(batch, **{f.name: moved(getattr(batch, f.name)) for f in dataclasses.fields(batch)})

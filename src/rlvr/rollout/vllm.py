@@ -114,6 +114,12 @@ def assemble_batch(
     return RolloutBatch(input_ids, attention, prompt_len, response_mask, responses, truncated, group_ids)
 
 
+def _full(value: torch.Tensor) -> torch.Tensor:
+    """A parameter's full tensor (a sharded FSDP2 DTensor is all-gathered; every rank must call this)."""
+    gather = getattr(value, "full_tensor", None)
+    return gather() if callable(gather) else value
+
+
 def _in_process_worker(llm: Any) -> Any:
     """The worker of an in-process vLLM engine (unwrapped from its WorkerWrapper), or ``None``."""
     executor = getattr(getattr(llm, "llm_engine", None), "model_executor", None)
@@ -289,11 +295,12 @@ class VLLMRollout:
         from rlvr.models.lora import merged_named_parameters
 
         self.wake()
+        full = [(name, _full(value)) for name, value in merged_named_parameters(model)]  # FSDP2: all-gathered
         worker = _in_process_worker(self.llm)
         if worker is not None:
-            _load_weights_on_worker(worker, list(merged_named_parameters(model)))
+            _load_weights_on_worker(worker, full)
         else:
-            weights = [(name, value.to("cpu").contiguous()) for name, value in merged_named_parameters(model)]
+            weights = [(name, value.to("cpu").contiguous()) for name, value in full]
             self.llm.collective_rpc(_load_weights_on_worker, args=(weights,))
         reset = getattr(self.llm, "reset_prefix_cache", None)
         if callable(reset):

@@ -222,14 +222,14 @@ def _as_reward(value: Any) -> tuple[float, str | None]:
 _REPORTED: set[tuple[str, str]] = set()
 
 
-def _report_error(score: Callable[..., Any], exc: BaseException) -> None:
-    """Warn the first time a scorer raises a given exception type (later ones are only counted)."""
+def _report_error(score: Callable[..., Any], exc: BaseException, counted_in: str = "reward/failures_error") -> None:
+    """Warn the first time a scorer raises a given exception type (later ones are only counted in ``counted_in``)."""
     key = (getattr(score, "__qualname__", repr(score)), type(exc).__name__)
     if key not in _REPORTED:
         _REPORTED.add(key)
         warnings.warn(
             f"scorer {key[0]} raised {key[1]}: {str(exc)[:200]} (the sample scores 0; further failures are "
-            "counted in reward/failures_error)"
+            f"counted in {counted_in})"
         )
 
 
@@ -246,19 +246,28 @@ def safe_scores(
     Kinds: ``error`` (raised), ``timeout`` (no answer within ``timeout_s`` of starting),
     ``non_number``, ``non_finite`` (NaN or inf). Runs on ``pool`` (default: :func:`shared_pool`).
     """
-    failures: Counter[str] = Counter()
-    scores = [0.0] * len(responses)
-    outcomes = (pool or shared_pool()).run(score, problems, responses, timeout_s)
-    for index, (status, value) in enumerate(outcomes):
+    rows = score_rows(score, problems, responses, timeout_s, pool=pool)
+    return [reward for reward, _ in rows], Counter(kind for _, kind in rows if kind)
+
+
+def score_rows(
+    score: Callable[[Problem, str], Any],
+    problems: list[Problem],
+    responses: list[str],
+    timeout_s: float,
+    *,
+    pool: ScorerPool | None = None,
+) -> list[tuple[float, str | None]]:
+    """``(reward, failure kind or None)`` of each response: :func:`safe_scores` row by row."""
+    rows: list[tuple[float, str | None]] = []
+    for status, value in (pool or shared_pool()).run(score, problems, responses, timeout_s):
         if status != "ok":
-            failures[status] += 1
             if status == "error":
                 _report_error(score, value)
+            rows.append((0.0, status))
             continue
-        scores[index], kind = _as_reward(value)
-        if kind:
-            failures[kind] += 1
-    return scores, failures
+        rows.append(_as_reward(value))
+    return rows
 
 
 class ScorerHealth:

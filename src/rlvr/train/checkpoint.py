@@ -147,29 +147,43 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def save_checkpoint(ckpt_root: Path, step: int, state: dict[str, Any], keep: int, prefix: str = STEP_PREFIX) -> Path:
-    """Write ``state`` as checkpoint ``<prefix>_<step>`` atomically and prune all but the newest ``keep``.
+def checkpoint_path(ckpt_root: Path, step: int, prefix: str = STEP_PREFIX) -> Path:
+    return ckpt_root / f"{prefix}_{step:06d}"
 
+
+def new_partial_dir(final: Path) -> Path:
+    """A fresh temporary directory next to ``final`` where a checkpoint is written before it is committed."""
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{final.name}-", dir=final.parent))
+
+
+def commit_checkpoint(tmp: Path, final: Path, state: dict[str, Any], keep: int, prefix: str = STEP_PREFIX) -> Path:
+    """Write ``state`` into ``tmp/state.pt``, rename ``tmp`` to ``final`` and prune all but the newest ``keep``.
+
+    Whatever else ``tmp`` holds (the sharded tensors of a multi-process run) is committed with it.
     An ``OSError`` (full disk, read-only directory) raises an RLVRError naming the path and the fix;
     the partial write is removed and older checkpoints are kept.
     """
-    final = ckpt_root / f"{prefix}_{step:06d}"
-    plain = to_plain(state)
     with writing(final):
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{final.name}-", dir=ckpt_root))
         try:
-            _write_state(tmp / STATE_FILE, plain)
+            _write_state(tmp / STATE_FILE, to_plain(state))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(ckpt_root)
+            _fsync_dir(final.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    for old in list_checkpoints(ckpt_root, prefix)[:-keep]:
+    for old in list_checkpoints(final.parent, prefix)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(ckpt_root: Path, step: int, state: dict[str, Any], keep: int, prefix: str = STEP_PREFIX) -> Path:
+    """Write ``state`` as checkpoint ``<prefix>_<step>`` atomically and prune all but the newest ``keep``."""
+    final = checkpoint_path(ckpt_root, step, prefix)
+    return commit_checkpoint(new_partial_dir(final), final, state, keep, prefix)
 
 
 def list_checkpoints(ckpt_root: Path, prefix: str = STEP_PREFIX) -> list[Path]:

@@ -14,7 +14,12 @@ instead of under its ``kwargs``.
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
+import importlib.metadata
 import importlib.resources
+import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +73,9 @@ class ModelConfig(Strict):
     """Policy model: a local Hugging Face directory, or the tiny built-in model when ``path`` is null."""
 
     path: str | None = None
+    kind: Literal["causal", "mdlm"] = Field(
+        "causal", description="mdlm: a bidirectional masked diffusion LM decoded by rollout.mdlm (docs/mdlm.md)"
+    )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     dtype: Literal["float32", "bfloat16"] = Field(
@@ -143,6 +151,20 @@ class VLLMConfig(Strict):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="more vllm.LLM keyword arguments")
 
 
+class MDLMDecodingConfig(Strict):
+    """Masked-diffusion decoding of ``model.kind=mdlm`` (rlvr.rollout.mdlm): tokens committed per step, EOSER."""
+
+    schedule: Literal["ass", "uniform"] = Field(
+        "ass", description="ass: step i commits 2^i tokens (log2 max_new_tokens steps); uniform: equal shares"
+    )
+    steps: int | None = Field(None, ge=1, description="uniform only: number of steps (null = max_new_tokens)")
+    block_num: int = Field(1, ge=1, description="ass only: blocks, from the end of sizes 2^p, decoded left to right")
+    eos_gamma_min: float | None = Field(
+        None, gt=0, le=1, description="EOSER factor on EOS confidence at the first step; null = 0.01 (ass) / 0.4 (uniform)"
+    )
+    eos_gamma_max: float = Field(1.0, gt=0, le=1, description="EOSER factor the schedule rises to; both 1 = EOSER off")
+
+
 class RolloutConfig(Strict):
     """Generation of ``group_size`` responses for each of ``prompts_per_step`` prompts."""
 
@@ -153,6 +175,12 @@ class RolloutConfig(Strict):
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     group_size: int = Field(8, ge=1)
     prompts_per_step: int = Field(16, ge=1)
+    shards: int | None = Field(
+        None,
+        ge=1,
+        description="the step's groups are sampled in this many shards, each with its own seed; null = the "
+        "world size of the run that starts (saved, so a resumed run samples the same whatever its world size)",
+    )
     max_new_tokens: int = Field(16, ge=1)
     max_prompt_tokens: int = Field(1024, ge=1, description="longer training prompts are skipped and counted")
     temperature: float = Field(1.0, gt=0)
@@ -162,6 +190,7 @@ class RolloutConfig(Strict):
     dynamic_sampling: bool = Field(False, description="DAPO: keep only groups with varying scores, refill")
     max_sampling_rounds: int = Field(10, ge=1, description="generation rounds per step with dynamic_sampling")
     aepo: AEPOConfig = Field(default_factory=AEPOConfig)
+    mdlm: MDLMDecodingConfig = Field(default_factory=MDLMDecodingConfig)
 
 
 class MethodConfig(Strict):
@@ -224,6 +253,14 @@ class TrainConfig(Strict):
 
     steps: int = Field(150, ge=0)
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    strategy: Literal["replicate", "fsdp2"] = Field(
+        "replicate",
+        description="under torchrun: replicate = full model per rank, gradients summed by all-reduce; "
+        "fsdp2 = FSDP2 fully_shard (parameters, gradients and optimizer state sharded)",
+    )
+    collective_timeout_s: float = Field(
+        600.0, gt=0, description="under torchrun: a collective waiting longer fails (a dead rank never hangs the rest)"
+    )
     lr: float = Field(2e-4, gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="after warmup: constant, or linear / cosine decay to min_lr_ratio * lr at train.steps"
@@ -280,8 +317,95 @@ class EvalConfig(Strict):
         return self
 
 
+class LoggingConfig(Strict):
+    """Where metrics go: ``metrics.jsonl`` always (resume and reports read it), plus TensorBoard / wandb.
+
+    Every backend receives the records of ``metrics.jsonl``. ``completions_every`` N > 0 writes the
+    step's samples (prompt, response, reward, length) every N steps to ``completions.jsonl`` and as a
+    table to the backends that have one. When stdout is not a terminal (nohup, SLURM, ``> file``) one
+    plain progress line is printed every ``progress_every`` steps.
+    """
+
+    backends: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl"], description="jsonl is always written; tensorboard and wandb add to it"
+    )
+    wandb_project: str = "rlvr"
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: no network; upload later with `wandb sync`"
+    )
+    completions_every: int = Field(0, ge=0, description="log the step's sampled completions every N steps; 0 = off")
+    progress_every: int = Field(10, ge=1, description="steps between plain progress lines when stdout is not a terminal")
+
+    @field_validator("backends")
+    @classmethod
+    def _jsonl_first(cls, value: list[str]) -> list[str]:
+        return ["jsonl", *dict.fromkeys(b for b in value if b != "jsonl")]
+
+
+class RewardConfig(Strict):
+    """The training reward: the task's verifier plus plain Python reward functions (TRL's ``reward_funcs``).
+
+    ``reward = verifier_weight * verifier score + sum_k weights[k] * funcs[k](...)``; see
+    :mod:`rlvr.tasks.reward_funcs` for how the functions are called and protected. Each path is
+    imported (and checked to be callable) when the config loads.
+    """
+
+    funcs: list[str] = Field(
+        default_factory=list, description="reward functions by import path (pkg.module:fn), called on batches"
+    )
+    weights: list[float] | None = Field(None, description="one weight per function in reward.funcs; null = all 1.0")
+    verifier: bool = Field(True, description="include the task's verifier score; accuracy is then its score >= 1")
+    verifier_weight: float = 1.0
+    timeout_s: float = Field(60.0, gt=0, description="seconds one batch call of a reward function may take")
+
+    @field_validator("funcs", mode="before")
+    @classmethod
+    def _one_path(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _loadable(self) -> "RewardConfig":
+        from rlvr.tasks.reward_funcs import RewardFunc
+
+        if self.weights is not None and len(self.weights) != len(self.funcs):
+            raise ValueError(f"reward.weights has {len(self.weights)} values for {len(self.funcs)} reward.funcs")
+        if not all(math.isfinite(w) for w in [*(self.weights or []), self.verifier_weight]):
+            raise ValueError("reward.weights and reward.verifier_weight must be finite numbers")
+        if not self.verifier and not self.funcs:
+            raise ValueError("reward.verifier=false leaves no reward: name at least one function in reward.funcs")
+        names = [RewardFunc.from_path(path, where=f"reward.funcs[{i}]").name for i, path in enumerate(self.funcs)]
+        if len(set(names)) != len(names) or "verifier" in names:
+            raise ValueError(f"reward.funcs: the functions' names (metrics reward/func_<name>) must be distinct, got {names}")
+        return self
+
+
 class RunConfig(Strict):
     """A whole run."""
+
+    @model_validator(mode="after")
+    def _whole_groups_per_shard(self) -> "RunConfig":
+        shards = self.rollout.shards
+        if shards is not None and self.rollout.prompts_per_step % shards:
+            raise ValueError(
+                f"rollout.prompts_per_step ({self.rollout.prompts_per_step}) must be a multiple of rollout.shards ({shards})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mdlm_rollout(self) -> "RunConfig":
+        if self.model.kind == "mdlm":
+            r = self.rollout
+            if r.backend != "hf":
+                raise ValueError("model.kind=mdlm samples with rlvr's masked-diffusion decoder: set rollout.backend=hf")
+            if r.top_p < 1 or r.top_k:
+                raise ValueError("model.kind=mdlm samples the full distribution: set rollout.top_p=1 and rollout.top_k=0")
+            from rlvr.rollout.diffusion_schedule import decoding_schedule
+
+            try:
+                decoding_schedule(r.max_new_tokens, **r.mdlm.model_dump())
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _group_aligned_batches(self) -> "RunConfig":
@@ -297,6 +421,10 @@ class RunConfig(Strict):
 
     seed: int = 0
     output_dir: str = "runs/default"
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported before the config is checked (they register tasks, methods); see load_plugins",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     warmstart: WarmStartConfig = Field(default_factory=WarmStartConfig)
@@ -304,6 +432,13 @@ class RunConfig(Strict):
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _one_plugin(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
 
 def packaged_config_names() -> list[str]:
@@ -424,13 +559,73 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
+PLUGIN_GROUP = "rlvr.plugins"
+"""Entry-point group of installed plug-ins, loaded by every config load (``RLVR_NO_PLUGIN_AUTOLOAD=1`` skips them)."""
+_LOADED_ENTRY_POINTS: set[tuple[str, str]] = set()
+
+
+def _listed(data: dict[str, Any], key: str) -> list[str]:
+    """The strings at dotted ``key`` of a raw config mapping (one string is a list of one; anything else: none)."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, str):
+        return [node]
+    return [x for x in node if isinstance(x, str)] if isinstance(node, list) else []
+
+
+def import_plugin(name: str) -> None:
+    """Import the module ``name`` (it registers tasks, methods, ...); ConfigError naming it when that fails."""
+    if not name or not all(part.isidentifier() for part in name.split(".")):
+        raise ConfigError(f"plugins: '{name}' is not a module name; write pkg.module (a module on the Python path)")
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - any error in the user's module is reported with its name
+        raise ConfigError(f"plugins: cannot import plugin '{name}': {type(exc).__name__}: {exc}") from None
+
+
+def load_entry_point_plugins() -> None:
+    """Load each installed ``rlvr.plugins`` entry point once; one that points at a function is called.
+
+    Entry points come from installed distributions (trusted like any installed package); set
+    ``RLVR_NO_PLUGIN_AUTOLOAD=1`` to skip them.
+    """
+    if os.environ.get("RLVR_NO_PLUGIN_AUTOLOAD"):
+        return
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        if (ep.name, ep.value) in _LOADED_ENTRY_POINTS:
+            continue
+        dist = getattr(ep.dist, "name", None)
+        try:
+            hook = ep.load()
+            if inspect.isfunction(hook):
+                hook()
+        except Exception as exc:  # noqa: BLE001 - reported with the entry point and its distribution
+            source = f" of distribution '{dist}'" if dist else ""
+            raise ConfigError(
+                f"plugins: entry point '{ep.name} = {ep.value}'{source} (group {PLUGIN_GROUP}) failed: {type(exc).__name__}: {exc}"
+            ) from None
+        _LOADED_ENTRY_POINTS.add((ep.name, ep.value))
+
+
+def load_plugins(data: dict[str, Any]) -> None:
+    """The installed entry-point plug-ins, then each module named in the raw config's ``plugins``.
+
+    Runs before validation, since task and method names in the config may refer to them.
+    """
+    load_entry_point_plugins()
+    for name in _listed(data, "plugins"):
+        import_plugin(name)
+
+
 def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults <- YAML file/preset <- dotted overrides, validated into a RunConfig."""
+    """Defaults <- YAML file/preset <- dotted overrides, plug-ins imported (:func:`load_plugins`), validated."""
     data = RunConfig().model_dump(mode="python")
     if config:
         data = _deep_merge(data, read_config_file(config))
     for override in overrides:
         data = apply_override(data, override)
+    load_plugins(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -446,6 +641,7 @@ def dump_config(cfg: RunConfig) -> str:
 
 RESUME_LOCKED = (
     "seed",
+    "rollout.shards",
     "model",
     "task",
     "warmstart",
@@ -458,9 +654,14 @@ RESUME_LOCKED = (
     "rollout.dynamic_sampling",
     "rollout.max_sampling_rounds",
     "rollout.aepo",
+    "rollout.mdlm",
     "train.mini_batch_size",
     "train.ppo_epochs",
     "train.shuffle",
+    "reward.funcs",
+    "reward.weights",
+    "reward.verifier",
+    "reward.verifier_weight",
 )
 """Config keys a resumed run may not change without ``--force``: they change the algorithm, the model
 or the batch shape, so the continued run would no longer be the run its checkpoints belong to."""
@@ -470,6 +671,16 @@ TRUST_KEYS = ("model.trust_remote_code", "rollout.vllm.trust_remote_code")
 """Settings that let a model directory run its own code. On resume they are honoured only when the
 command line (or -c file) sets them again, never from a run directory's saved config.yaml alone,
 which may come from someone else (docs/security.md)."""
+
+
+CODE_KEYS = ("plugins", "reward.funcs")
+"""Settings that name Python code to import. On resume, code named only in the run directory's
+config.yaml is not imported: the command line (or -c file) must name it again (docs/security.md)."""
+
+
+def _named_code(data: dict[str, Any]) -> set[tuple[str, str]]:
+    """``(key, import path)`` for each entry of the :data:`CODE_KEYS` lists of a raw config mapping."""
+    return {(key, name) for key in CODE_KEYS for name in _listed(data, key)}
 
 
 def _trusting(data: dict[str, Any]) -> set[str]:
@@ -496,9 +707,10 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def locked_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys under :data:`RESUME_LOCKED` whose values differ between two dumped configs."""
     before, after = _flatten(saved), _flatten(new)
+    default = _flatten(RunConfig().model_dump(mode="json"))  # a key added since ``saved`` was written has its default
     keys = sorted(set(before) | set(after))
     locked = [k for k in keys if any(k == p or k.startswith(f"{p}.") for p in RESUME_LOCKED)]
-    return [k for k in locked if before.get(k) != after.get(k)]
+    return [k for k in locked if before.get(k, default.get(k)) != after.get(k, default.get(k))]
 
 
 def check_resume_changes(saved: dict[str, Any], new: dict[str, Any], source: str) -> None:
@@ -534,8 +746,17 @@ def load_resume_config(
             f"--resume: {run_dir} holds no run (no config.yaml); run without --resume to start one, "
             "or set output_dir to the run to continue"
         )
-    requested = _trusting(data)
+    requested, requested_code = _trusting(data), _named_code(data)
     data = read_config_file(str(saved))
+    unconfirmed_code = _named_code(data) - requested_code
+    if unconfirmed_code:
+        keys = sorted({key for key, _ in unconfirmed_code})
+        again = " ".join(f"{key}=[{','.join(_listed(data, key))}]" for key in keys)
+        names = ", ".join(f"{key}: {name}" for key, name in sorted(unconfirmed_code))
+        raise ConfigError(
+            f"--resume: {saved} names Python code to import ({names}); a run directory may come from someone "
+            f"else, so rlvr imports it only when the command line names it again. Read that code, then resume with {again}"
+        )
     unconfirmed = _trusting(data) - requested
     if unconfirmed:
         keys = ", ".join(sorted(unconfirmed))
@@ -548,6 +769,7 @@ def load_resume_config(
         data = _deep_merge(data, read_config_file(config))
     for override in overrides:
         data = apply_override(data, override)
+    load_plugins(data)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:

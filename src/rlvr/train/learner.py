@@ -32,6 +32,7 @@ from rlvr.rollout.base import RolloutBatch
 from rlvr.rollout.stage import RolloutResult
 from rlvr.train.config import RunConfig, TrainConfig
 from rlvr.train.device import Precision
+from rlvr.train.distributed import SINGLE, Dist
 from rlvr.train.pipeline import Pipeline
 
 ADDITIVE_METRICS = frozenset({"train/loss", "train/pg_loss"})
@@ -106,8 +107,11 @@ class Learner:
         pipeline: Pipeline,
         precision: Precision,
         empty_prompt_ids: Tensor,
+        dist: Dist = SINGLE,
     ) -> None:
         self.cfg = cfg
+        self.dist = dist
+        self.sharded = dist.enabled and cfg.train.strategy == "fsdp2"
         self.train = cfg.train
         self.model = model
         self.pipeline = pipeline
@@ -125,11 +129,25 @@ class Learner:
 
     def start(self) -> None:
         """Reference model (a frozen copy; with LoRA the adapter-disabled policy) and optimizer."""
+        self._make_ref()
+        self.optimizer = self.make_optimizer()
+
+    def _make_ref(self) -> None:
         if self.needs_ref and not is_peft_model(self.model) and self.ref_model is None:
             self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
-        self.optimizer = self.make_optimizer()
+
+    def shard(self) -> None:
+        """FSDP2: shard the policy and the reference over the ranks (``train.strategy=fsdp2``), before the
+        optimizer is made (it must hold the sharded parameters)."""
+        from rlvr.train.distributed import shard_fsdp2
+
+        if self.sharded:
+            self._make_ref()
+            self.model = shard_fsdp2(self.model, self.dist)
+            if self.ref_model is not None:
+                self.ref_model = shard_fsdp2(self.ref_model, self.dist)
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -156,11 +174,44 @@ class Learner:
         self.shuffle_gen.set_state(state["shuffle_gen"])
 
     # ------------------------------------------------------------------ prepare
-    def micro_batches(self, batch: RolloutBatch) -> Iterator[RolloutBatch]:
-        """Consecutive row slices of ``batch`` of at most ``train.micro_batch_size`` rows."""
+    def micro_batches(self, batch: RolloutBatch) -> Iterator[tuple[Tensor, RolloutBatch | None]]:
+        """This rank's consecutive row slices of ``batch`` (at most ``train.micro_batch_size`` rows each):
+        ``(rows, sub-batch)``, micro-batch ``k`` belonging to rank ``k % world_size``. Under FSDP2 every
+        rank yields the same number of items (forwards run collectives): padding items are ``(rows, None)``.
+        """
         n, mb = batch.input_ids.shape[0], self.train.micro_batch_size
-        for start in range(0, n, mb):
-            yield batch.rows(torch.arange(start, min(start + mb, n), device=batch.input_ids.device))
+        starts = list(range(0, n, mb))
+        for k in self._my_indices(len(starts)):
+            if k is None:
+                yield torch.arange(0), None
+                continue
+            rows = torch.arange(starts[k], min(starts[k] + mb, n), device=batch.input_ids.device)
+            yield rows, batch.rows(rows)
+
+    def _my_indices(self, count: int) -> list[int | None]:
+        """This rank's items of ``count`` (``k % world == rank``), padded with None to the largest share under FSDP2."""
+        mine: list[int | None] = [k for k in range(count) if self.dist.mine(k)]
+        if self.sharded:
+            mine += [None] * (math.ceil(count / self.dist.world) - len(mine))
+        return mine
+
+    def _agree(self) -> Any:
+        """Under FSDP2 both forward paths run collectives, so the path choice is agreed by all ranks."""
+        if not self.sharded:
+            return None
+        device = self.precision.device
+        return lambda flag: self.dist.all_true(flag, device)
+
+    def _assemble(self, parts: dict[str, list[tuple[Tensor, Tensor]]], shape: tuple[int, int], keys: list[str]) -> dict[str, Tensor]:
+        """Full-batch ``(B, T)`` tensors from this rank's ``(rows, values)`` pieces, summed over ranks
+        (each row is computed by exactly one rank, so the sum is exact)."""
+        out: dict[str, Tensor] = {}
+        for key in keys:
+            full = torch.zeros(shape, dtype=torch.float32, device=self.precision.device)
+            for rows, values in parts.get(key, []):
+                full[rows] = values.to(full.dtype)
+            out[key] = self.dist.all_reduce_sum_(full) if self.dist.enabled else full
+        return out
 
     def forward(self, model: torch.nn.Module, batch: RolloutBatch, quantities: list[Quantity] | tuple = ()) -> dict[str, Tensor]:
         """:func:`rlvr.ops.forward.policy_forward` at the sampling temperature, under the run's precision."""
@@ -171,6 +222,7 @@ class Learner:
                 temperature=self.cfg.rollout.temperature,
                 chunk_size=self.train.logprob_chunk_size,
                 quantities=quantities,
+                agree=self._agree(),
             )
 
     def prepare(self, rollout: RolloutResult, step: int, rows_may_change: bool = False) -> TrainBatch:
@@ -193,6 +245,7 @@ class Learner:
                 "responses": batch.responses,
                 "problems": rollout.problems,
                 "row_index": torch.arange(len(rollout.problems), device=device),
+                **batch.extras,  # what the engine recorded per row (a masked-diffusion rollout's unmask_step)
             },
             **self.old_and_ref(batch, policy=source is OldLogprobSource.ROLLOUT_FORWARD),
         )
@@ -203,35 +256,43 @@ class Learner:
         return TrainBatch(ctx, batch, source)
 
     def old_and_ref(self, batch: RolloutBatch, policy: bool = True) -> dict[str, Tensor]:
-        """Rollout-policy quantities (``old_<name>``, unless ``policy`` is False) and reference log-probs, no grad."""
-        pieces: dict[str, list[Tensor]] = {}
+        """Rollout-policy quantities (``old_<name>``, unless ``policy`` is False) and reference log-probs, no grad.
+
+        Each rank computes its micro-batches; the full-batch tensors are assembled over ranks.
+        """
+        pieces: dict[str, list[tuple[Tensor, Tensor]]] = {}
         peft_ref = self.ref_model is None and self.needs_ref and is_peft_model(self.model)
         if not policy and self.ref_model is None and not peft_ref:
             return {}
         old = list(self.old_quantities.values())
+        keys = [f"old_{q.name}" for q in old] + ["old_logprobs"] if policy else []
+        if self.ref_model is not None or peft_ref:
+            keys.append("ref_logprobs")
         with torch.no_grad():
-            for rows in self.micro_batches(batch):
+            for rows, part in self.micro_batches(batch):
+                sub = part if part is not None else batch.rows(torch.arange(1, device=batch.input_ids.device))
                 if policy:
-                    for key, value in self.forward(self.model, rows, old).items():
-                        pieces.setdefault(f"old_{key}", []).append(value)
+                    for key, value in self.forward(self.model, sub, old).items():
+                        pieces.setdefault(f"old_{key}", []).append((rows, value))
                 if self.ref_model is not None:
-                    pieces.setdefault("ref_logprobs", []).append(self.forward(self.ref_model, rows)["logprobs"])
+                    pieces.setdefault("ref_logprobs", []).append((rows, self.forward(self.ref_model, sub)["logprobs"]))
                 elif peft_ref:
                     with self.precision.autocast():
                         ref = reference_forward(
-                            self.model,
-                            rows,
-                            temperature=self.cfg.rollout.temperature,
-                            chunk_size=self.train.logprob_chunk_size,
+                            self.model, sub, temperature=self.cfg.rollout.temperature, chunk_size=self.train.logprob_chunk_size
                         )
-                    pieces.setdefault("ref_logprobs", []).append(ref["logprobs"])
-        return {key: torch.cat(parts, dim=0) for key, parts in pieces.items()}
+                    pieces.setdefault("ref_logprobs", []).append((rows, ref["logprobs"]))
+        return self._assemble(pieces, tuple(batch.response_mask.shape), sorted(set(keys)))
 
     def answer_only_logprobs(self, batch: RolloutBatch) -> Tensor:
         """Log-probs of each response after the empty prompt (:class:`rlvr.ops.forward.AnswerOnlyLogProbs`)."""
         answer_only = answer_only_batch(batch, self.empty_prompt_ids)
+        pieces: dict[str, list[tuple[Tensor, Tensor]]] = {"logprobs": []}
         with torch.no_grad():
-            return torch.cat([self.forward(self.model, rows)["logprobs"] for rows in self.micro_batches(answer_only)])
+            for rows, part in self.micro_batches(answer_only):
+                sub = part if part is not None else answer_only.rows(torch.arange(1, device=batch.input_ids.device))
+                pieces["logprobs"].append((rows, self.forward(self.model, sub)["logprobs"]))
+        return self._assemble(pieces, tuple(batch.response_mask.shape), ["logprobs"])["logprobs"]
 
     # ------------------------------------------------------------------ update
     def update(self, tb: TrainBatch, step: int) -> dict[str, float]:
@@ -239,7 +300,9 @@ class Learner:
 
         With :attr:`OldLogprobSource.UPDATE_FORWARD` each micro-batch takes its old log-probs and
         entropy from its own forward, detached, and the full-batch ``ctx.old_logprobs`` /
-        ``ctx.old_entropy`` are assembled for the step's metrics.
+        ``ctx.old_entropy`` are assembled for the step's metrics. Under torchrun each rank runs its
+        micro-batches (``k % world_size == rank``) of the same split, gradients are summed over
+        ranks, the skip decision is agreed, and metrics are combined in the single-process order.
         """
         assert self.optimizer is not None
         t, ctx, batch = self.train, tb.ctx, tb.batch
@@ -265,9 +328,12 @@ class Learner:
                 num_seqs = float((mini_mask.sum(-1) > 0).sum())
                 self.optimizer.zero_grad(set_to_none=True)
                 finite = True
-                mini_sums: Counter[str] = Counter()
-                for mstart in range(0, len(mini_idx), t.micro_batch_size):
-                    idx = mini_idx[mstart : mstart + t.micro_batch_size]
+                micro_starts = list(range(0, len(mini_idx), t.micro_batch_size))
+                done: list[tuple[int, int, dict[str, float]]] = []  # (micro index, rows, metrics)
+                for k in self._my_indices(len(micro_starts)):
+                    dummy = k is None
+                    mstart = micro_starts[0 if dummy else k]
+                    idx = mini_idx[mstart : mstart + t.micro_batch_size][: 1 if dummy else None]
                     mctx = ctx.select(idx)
                     mctx.global_num_tokens = num_tokens
                     mctx.global_num_seqs = num_seqs
@@ -276,19 +342,29 @@ class Learner:
                         setattr(mctx, key, value)
                     if reuse:
                         mctx.old_logprobs, mctx.old_entropy = mctx.logprobs.detach(), mctx.entropy.detach()
-                        ctx.old_logprobs[idx], ctx.old_entropy[idx] = mctx.old_logprobs, mctx.old_entropy
+                        if not dummy:
+                            ctx.old_logprobs[idx], ctx.old_entropy[idx] = mctx.old_logprobs, mctx.old_entropy
                     loss, metrics = self.pipeline.loss(mctx)
+                    if dummy:  # FSDP2: this rank has fewer micro-batches; the collectives still run
+                        (loss * 0.0).backward()
+                        continue
                     if not torch.isfinite(loss):
                         finite = False
-                        break
+                        if not self.dist.enabled:
+                            break
+                        continue
                     loss.backward()
+                    done.append((k, len(idx), metrics))
+                finite = self.dist.all_true(finite, self.precision.device)
+                if not self.sharded:
+                    self.dist.all_reduce_grads_(self.trainable())
+                gathered = sorted(item for part in self.dist.all_gather_object(done) for item in part)
+                for _k, rows, metrics in gathered:
                     for key, value in metrics.items():
-                        if key in ADDITIVE_METRICS:
-                            mini_sums[key] += value
-                        else:
-                            sums[key] += value * len(idx)
-                            counts[key] += len(idx)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable(), t.grad_clip)
+                        if key not in ADDITIVE_METRICS:
+                            sums[key] += value * rows
+                            counts[key] += rows
+                grad_norm = _global_norm(torch.nn.utils.clip_grad_norm_(self.trainable(), t.grad_clip))
                 if not finite or not torch.isfinite(grad_norm):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
@@ -298,11 +374,18 @@ class Learner:
                     continue
                 self.optimizer.step()
                 updates += 1
+                mini_sums: Counter[str] = Counter()
+                for _k, _rows, metrics in gathered:
+                    for key in ADDITIVE_METRICS & metrics.keys():
+                        mini_sums[key] += metrics[key]
                 for key, value in mini_sums.items():
                     sums[key] += value
                     counts[key] += 1
                 sums["train/grad_norm"] += float(grad_norm)
                 counts["train/grad_norm"] += 1
+        if reuse and self.dist.enabled:  # each rank filled the rows of its micro-batches
+            self.dist.all_reduce_sum_(ctx.old_logprobs)
+            self.dist.all_reduce_sum_(ctx.old_entropy)
         out = {k: sums[k] / counts[k] for k in sums}
         out["train/updates"] = updates
         out["train/skipped_updates"] = skipped
@@ -318,3 +401,9 @@ class Learner:
         rank = torch.empty_like(group_order)
         rank[group_order] = torch.arange(len(group_order))
         return torch.argsort(rank[dense] * n + torch.arange(n), stable=True)
+
+
+def _global_norm(norm: Tensor) -> Tensor:
+    """``clip_grad_norm_``'s total norm as a plain tensor (under FSDP2 it is a DTensor)."""
+    full = getattr(norm, "full_tensor", None)
+    return full() if callable(full) else norm

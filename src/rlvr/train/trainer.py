@@ -16,6 +16,8 @@ and the safety around a run: one run per locked output directory, Ctrl-C/SIGTERM
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import random
 import signal
 import time
@@ -44,12 +46,16 @@ from rlvr.rollout.engines import build_engine
 from rlvr.rollout.hf import format_prompts
 from rlvr.rollout.stage import RolloutResult, RolloutStage, Sampling, prompt_limit, usable_problems
 from rlvr.tasks.base import Task, tasks
+from rlvr.tasks.reward_funcs import RewardScorer
 from rlvr.tasks.scoring import ScorerHealth
 from rlvr.train.checkpoint import (
     WARMSTART_PREFIX,
     check_compatible,
+    checkpoint_path,
     clear_partial_checkpoints,
+    commit_checkpoint,
     load_latest_checkpoint,
+    new_partial_dir,
     remove_checkpoints,
     rng_state,
     save_checkpoint,
@@ -57,10 +63,19 @@ from rlvr.train.checkpoint import (
 )
 from rlvr.train.config import RunConfig, check_resume_changes, dump_config
 from rlvr.train.device import Precision
+from rlvr.train.distributed import (
+    Dist,
+    apply_model_optimizer_state,
+    full_state_to,
+    init_distributed,
+    load_sharded,
+    model_optimizer_state,
+    save_sharded,
+)
 from rlvr.train.evaluate import evaluate_heldout
 from rlvr.train.interrupt import StopSignals
 from rlvr.train.learner import Learner, TrainBatch, lr_at
-from rlvr.train.logging import MetricsWriter
+from rlvr.train.logging import RunLogger, TruncationMonitor
 from rlvr.train.pipeline import Pipeline
 from rlvr.train.run_dir import claimed_run_dir
 from rlvr.train.warmstart import WarmStart
@@ -88,14 +103,18 @@ def _percentiles(values: torch.Tensor, prefix: str) -> dict[str, float]:
 class Trainer:
     """Runs warm start + RL for one :class:`RunConfig`, writing everything under ``output_dir``."""
 
-    def __init__(self, cfg: RunConfig, console: Console | None = None, quiet: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, console: Console | None = None, quiet: bool = False, dist: Dist | None = None) -> None:
         self.cfg = cfg
-        self.console = console or Console(quiet=quiet)
+        self.dist = dist or init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
+        self.console = console or Console(quiet=quiet or not self.dist.is_main)
         self.run_dir = Path(cfg.output_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         seed_everything(cfg.seed)
-        self.precision = Precision.from_config(cfg.train.device, cfg.model.dtype)
+        self.precision = Precision.from_config(_rank_device(cfg.train.device, self.dist), cfg.model.dtype)
+        if cfg.rollout.shards is None:  # fixed at the first launch and saved, so a resume samples the same
+            cfg.rollout.shards = self.dist.world
         self.task: Task = tasks.build(cfg.task.name, cfg.task.kwargs, "task.kwargs").fn
+        self.reward_scorer = RewardScorer.from_config(cfg.reward, self.task.score)  # verifier + reward.funcs
         self.pipeline = Pipeline.from_config(cfg.algo)
         model, self.tokenizer = build_model_and_tokenizer(cfg.model, cfg.seed)
         model.to(self.precision.device)
@@ -107,6 +126,7 @@ class Trainer:
             model_path=cfg.model.path,
             model=model,
             kv_decode=r.kv_decode,
+            mdlm=r.mdlm.model_dump() if cfg.model.kind == "mdlm" else None,  # masked-diffusion decoding (rlvr.rollout.mdlm)
             **(self._vllm_options() if r.backend == "vllm" else {}),
         )
         limit = prompt_limit(model, r.max_prompt_tokens)
@@ -121,17 +141,23 @@ class Trainer:
             max_sampling_rounds=r.max_sampling_rounds,
             timeout_s=cfg.train.reward_timeout_s,
             seed=cfg.seed,
+            shards=cfg.rollout.shards,
+            dist=self.dist,
             autocast=self.precision.autocast,
+            scorer=self.reward_scorer,
         )
         self.aepo = AEPOSampler(r.aepo) if r.aepo.enabled else None
         empty = format_prompts(self.tokenizer, [""], r.chat_template)[0]
         empty_ids = torch.tensor(self.tokenizer(empty, add_special_tokens=False)["input_ids"])
-        self.learner = Learner(cfg, model, self.pipeline, self.precision, empty_ids)
+        self.learner = Learner(cfg, model, self.pipeline, self.precision, empty_ids, dist=self.dist)
+        self.rollout_model: torch.nn.Module | None = None  # FSDP2 + HF engine: a full-weight replica to sample from
+        self._sharded_once = False
         self.heldout = usable_problems(self.task.heldout_problems(cfg.eval.num_problems), self.tokenizer, limit, "held-out")
         self.step = 0
         self.bad_steps = 0
         self.scorer_health = ScorerHealth(cfg.train.max_consecutive_bad_steps)
-        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self.metrics = RunLogger(self.run_dir, cfg, self.console)  # metrics.jsonl + logging.backends
+        self.truncation = TruncationMonitor(r.max_new_tokens)
         self.summary: dict[str, Any] = {}
         self.stop = StopSignals()
         self._warm_state: dict[str, Any] | None = None
@@ -144,14 +170,25 @@ class Trainer:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The policy being trained (a PEFT model once LoRA adapters are applied)."""
+        """The policy being trained (a PEFT model once LoRA adapters are applied; FSDP2-sharded under fsdp2)."""
         return self.learner.model
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The weights rollouts and evaluations sample from: the policy, or under FSDP2 its full replica."""
+        return self.rollout_model if self.rollout_model is not None else self.model
+
+    def _sync_sampler(self) -> None:
+        """After an update: refresh the FSDP2 replica and the rollout engine's weights."""
+        if self.rollout_model is not None:
+            full_state_to(self.rollout_model, self.model)
+        self.engine.sync_weights(self.sampler)  # no-op for the HF engine; vLLM wakes and loads the new weights
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, Any]:
         """One full RL step; returns its metrics record."""
         t0 = time.perf_counter()
-        rollout = self.rollout.collect(self.model)
+        rollout = self.rollout.collect(self.sampler, self.step)
         self.scorer_health.update(rollout.failures, _scored(rollout, self.cfg), step=self.step + 1)
         tb = self.learner.prepare(rollout, self.step, rows_may_change=self.aepo is not None)
         verified_reward = float(tb.ctx.rewards.mean())
@@ -162,10 +199,15 @@ class Trainer:
         record.update(self.pipeline.prepare(tb.ctx))
         self.engine.sleep()  # a colocated vLLM frees its GPU memory for the update
         update = self.learner.update(tb, self.step)
-        self.engine.sync_weights(self.model)  # no-op for the HF engine; vLLM wakes and loads the new weights
+        self._sync_sampler()
         record.update(self.pipeline.after_step(update))
         self.step += 1
         record.update(self._step_metrics(tb, rollout, update, verified_reward, time.perf_counter() - t0))
+        # reward/func_<name>: every response scored this step, on every rank
+        record.update(self.reward_scorer.pop_metrics(self.dist.all_gather_object if self.dist.enabled else None))
+        if self.dist.is_main:  # every rank holds the same record; rank 0 speaks and writes
+            self.truncation.update(record["response_length/truncated_frac"])
+            self.metrics.log_completions(self.step, rollout)
         self._count_bad_step(update)
         return record
 
@@ -173,7 +215,9 @@ class Trainer:
         """AEPO's positive samples replace the first rows; the mixed batch is prepared again."""
         assert self.aepo is not None and tb.ctx.advantages is not None and tb.ctx.rewards is not None
         entropy = float(masked_mean(tb.ctx.old_entropy, tb.ctx.response_mask))
-        mixed, stats = self.aepo.augment(self.rollout, self.model, rollout, tb.ctx.rewards, tb.ctx.advantages, entropy)
+        mixed, stats = self.aepo.augment(
+            self.rollout, self.sampler, rollout, tb.ctx.rewards, tb.ctx.advantages, entropy, step=self.step
+        )
         record.update(stats)
         if mixed is None:
             return tb, rollout
@@ -217,7 +261,8 @@ class Trainer:
         """A step whose every update was skipped (non-finite) counts; K in a row stop the run."""
         if update.get("train/skipped_updates", 0) and not update.get("train/updates", 0):
             self.bad_steps += 1
-            warnings.warn(f"step {self.step}: non-finite loss or gradient, update skipped ({self.bad_steps} in a row)")
+            if self.dist.is_main:
+                warnings.warn(f"step {self.step}: non-finite loss or gradient, update skipped ({self.bad_steps} in a row)")
             if self.bad_steps >= self.cfg.train.max_consecutive_bad_steps:
                 raise RLVRError(
                     f"{self.bad_steps} consecutive steps had a non-finite loss or gradient; stopping "
@@ -230,7 +275,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         e = self.cfg.eval
         return evaluate_heldout(
-            self.model,
+            self.sampler,
             self.engine,
             self.heldout,
             self.task.score,
@@ -255,16 +300,12 @@ class Trainer:
                 self.model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules
             )
 
-    def _checkpoint_state(self) -> dict[str, Any]:
-        model = (
-            lora_checkpoint_state(self.model, include_base=self._warmstart_steps() > 0)
-            if is_peft_model(self.model)
-            else self.model.state_dict()
-        )
+    def _replicated_state(self) -> dict[str, Any]:
+        """What every rank holds identically: step, method state, data/shuffle streams, counters, config."""
+        learner = self.learner.state_dict()
         return {
             "step": self.step,
-            "model": model,
-            **self.learner.state_dict(),
+            "shuffle_gen": learner["shuffle_gen"],
             **self.rollout.state_dict(),
             "pipeline": self.pipeline.state_dict(),
             "rng": rng_state(),
@@ -275,12 +316,31 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"),
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        if is_peft_model(self.model):
-            load_lora_checkpoint_state(self.model, state["model"])
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """A single-process checkpoint: the replicated state plus the model, optimizer and reference."""
+        model = (
+            lora_checkpoint_state(self.model, include_base=self._warmstart_steps() > 0)
+            if is_peft_model(self.model)
+            else self.model.state_dict()
+        )
+        learner = self.learner.state_dict()
+        return {**self._replicated_state(), "model": model, "ref_model": learner["ref_model"], "optimizer": learner["optimizer"]}
+
+    def _restore(self, state: dict[str, Any], path: Path | None = None) -> None:
+        """Load a checkpoint's state; ``path`` holds the sharded tensors of a multi-process checkpoint."""
+        if state.get("sharded"):
+            self.learner.start()
+            tensors = model_optimizer_state(self.model, self.learner.optimizer, self.learner.ref_model)
+            assert path is not None
+            load_sharded(path / "sharded", tensors)
+            apply_model_optimizer_state(tensors, self.model, self.learner.optimizer, self.learner.ref_model)
+            self.learner.shuffle_gen.set_state(state["shuffle_gen"])
         else:
-            self.model.load_state_dict(state["model"])
-        self.learner.load_state_dict(state)
+            if is_peft_model(self.model):
+                load_lora_checkpoint_state(self.model, state["model"])
+            else:
+                self.model.load_state_dict(state["model"])
+            self.learner.load_state_dict(state)
         self.rollout.load_state_dict(state)
         self.pipeline.load_state_dict(state["pipeline"])
         set_rng_state(state["rng"])
@@ -292,10 +352,26 @@ class Trainer:
         self.step = int(state["step"])
 
     def save(self) -> Path:
-        """Checkpoint this RL step (warm-start checkpoints are dropped once an RL one exists)."""
-        path = save_checkpoint(self.ckpt_root, self.step, self._checkpoint_state(), self.cfg.train.keep_checkpoints)
-        remove_checkpoints(self.ckpt_root, WARMSTART_PREFIX)
-        return path
+        """Checkpoint this RL step (warm-start checkpoints are dropped once an RL one exists).
+
+        Under torchrun the model, optimizer and reference state go through
+        ``torch.distributed.checkpoint`` (every rank writes its part into the same temporary
+        directory) and rank 0 commits it with the replicated ``state.pt``.
+        """
+        keep = self.cfg.train.keep_checkpoints
+        if not self.dist.enabled:
+            path = save_checkpoint(self.ckpt_root, self.step, self._checkpoint_state(), keep)
+            remove_checkpoints(self.ckpt_root, WARMSTART_PREFIX)
+            return path
+        final = checkpoint_path(self.ckpt_root, self.step)
+        tmp = Path(self.dist.broadcast_object(str(new_partial_dir(final)) if self.dist.is_main else None))
+        save_sharded(tmp / "sharded", model_optimizer_state(self.model, self.learner.optimizer, self.learner.ref_model))
+        self.dist.barrier()
+        if self.dist.is_main:
+            commit_checkpoint(tmp, final, {**self._replicated_state(), "sharded": True}, keep)
+            remove_checkpoints(self.ckpt_root, WARMSTART_PREFIX)
+        self.dist.barrier()
+        return final
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False, overwrite: bool = False, force: bool = False) -> dict[str, Any]:
@@ -305,18 +381,41 @@ class Trainer:
         from the newest readable checkpoint (an RL step, else a warm-start checkpoint, else from the
         beginning when the run stopped before its first checkpoint); settings that change the
         algorithm, the model or the batch shape must match the checkpoint's unless ``force``.
-        SIGINT/SIGTERM stop at the next safe point with a checkpoint and raise Interrupted.
+        SIGINT/SIGTERM stop at the next safe point with a checkpoint and raise Interrupted. Under
+        torchrun rank 0 holds the directory and writes metrics, reports and the final model.
         """
-        with claimed_run_dir(self.run_dir, resume=resume, overwrite=overwrite), StopSignals() as self.stop:
+        with self._claim(resume, overwrite), StopSignals() as self.stop:
             started_rl = self._resume(force) if resume else False
-            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            if self.dist.is_main:
+                (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
             if not started_rl:
                 self._warm_start()
                 self._start_rl()
             self._rl_loop()
-            self.summary["after"] = last_eval(self.metrics.path)
+            if self.dist.is_main:
+                self.summary["after"] = last_eval(self.metrics.path)
             self._finish()
+            self.metrics.close()  # TensorBoard / wandb backends (no-op for jsonl alone)
         return self.summary
+
+    @contextlib.contextmanager
+    def _claim(self, resume: bool, overwrite: bool) -> Any:
+        """Rank 0 claims the run directory; under torchrun every rank learns whether it could."""
+        with contextlib.ExitStack() as stack:
+            error: str | None = None
+            if self.dist.is_main:
+                try:
+                    stack.enter_context(claimed_run_dir(self.run_dir, resume=resume, overwrite=overwrite))
+                except RLVRError as exc:
+                    if not self.dist.enabled:
+                        raise
+                    error = str(exc)
+                    self.dist.broadcast_object(error)
+                    raise
+            error = self.dist.broadcast_object(error)
+            if error is not None:
+                raise RLVRError(error)
+            yield
 
     def _resume(self, force: bool) -> bool:
         """Restore the newest checkpoint; True if it is an RL step (False: warm start or nothing yet)."""
@@ -325,10 +424,13 @@ class Trainer:
                 f"--resume: no readable checkpoint under {self.ckpt_root} (no run in {self.run_dir}); "
                 "run without --resume to start fresh"
             )
-        clear_partial_checkpoints(self.ckpt_root)
+        if self.dist.is_main:
+            clear_partial_checkpoints(self.ckpt_root)
+        self.dist.barrier()
         found = load_latest_checkpoint(self.ckpt_root) or load_latest_checkpoint(self.ckpt_root, WARMSTART_PREFIX)
         if found is None:
-            self.metrics.truncate_after_step(-1)
+            if self.dist.is_main:
+                self.metrics.truncate_after_step(-1)
             self.console.print(f"no checkpoint in {self.run_dir} yet: starting the run from the beginning")
             return False
         path, state = found
@@ -336,27 +438,48 @@ class Trainer:
             check_resume_changes(state.get("config") or {}, self.cfg.model_dump(mode="json"), str(path))
         if "warmstart" in state:
             self._warm_state = state
-            self.metrics.truncate_after_step(-1)
+            if self.dist.is_main:
+                self.metrics.truncate_after_step(-1)
             self.console.print(f"[bold]resumed[/] the warm start from {path} at step {state['warmstart']['step']}")
             return False
         self._apply_lora()
-        check_compatible(state, self.cfg, path, self.model)
-        self._restore(state)
-        self.engine.sync_weights(self.model)
-        self.metrics.truncate_after_step(self.step)
+        if not state.get("sharded"):  # a sharded checkpoint's tensors are checked as they load
+            check_compatible(state, self.cfg, path, self.model)
+        self._prepare_parallel()
+        self._restore(state, path)
+        self._sync_sampler()
+        if self.dist.is_main:
+            self.metrics.truncate_after_step(self.step)
         self.console.print(f"[bold]resumed[/] from {path} at step {self.step}")
         return True
+
+    def _prepare_parallel(self) -> None:
+        """Under FSDP2: shard the policy (and reference); the HF engine samples from a full-weight replica
+        kept beside it (vLLM holds its own full copy, loaded from the all-gathered weights)."""
+        if self.learner.sharded and not self._sharded_once:
+            if self.cfg.rollout.backend == "hf":
+                self.rollout_model = copy.deepcopy(self.model).eval()
+                for p in self.rollout_model.parameters():
+                    p.requires_grad_(False)
+            self.learner.shard()
+            self._sharded_once = True
 
     def _start_rl(self) -> None:
         """After the warm start: LoRA, reference, optimizer, and the step-0 held-out evaluation."""
         self._apply_lora()
+        self._prepare_parallel()
         self.learner.start()
-        self.engine.sync_weights(self.model)
-        before = self.evaluate()
+        self.engine.sync_weights(self.sampler)
+        before = self.evaluate() if self.dist.is_main else {}
         self.summary["before"] = before
-        self.metrics.write({"step": 0, **before})
+        if self.dist.is_main:
+            self.metrics.write({"step": 0, **before})
         label = "after warm start" if self._warmstart_steps() > 0 else "before RL"
         self.console.print(f"{label}: {_fmt_eval(before)}")
+
+    def _stop_requested(self) -> bool:
+        """Ctrl-C/SIGTERM seen by any rank (torchrun forwards SIGTERM to all; the decision is agreed)."""
+        return self.dist.any_true(self.stop.requested, self.precision.device)
 
     def _rl_loop(self) -> None:
         cfg = self.cfg
@@ -364,19 +487,22 @@ class Trainer:
             bar = progress.add_task("RL", total=cfg.train.steps, completed=self.step, info="")
             while self.step < cfg.train.steps:
                 record = self.train_step()
-                if self.step % cfg.eval.every == 0 or self.step == cfg.train.steps:
+                if (self.step % cfg.eval.every == 0 or self.step == cfg.train.steps) and self.dist.is_main:
                     record.update(self.evaluate())
-                self.metrics.write(record)
+                if self.dist.is_main:
+                    self.metrics.write(record)
+                stop = self._stop_requested()
                 saved = self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps
-                if saved or self.stop.requested:
+                if saved or stop:
                     path = self.save()
-                if self.stop.requested:
+                if stop:
                     self._interrupted(f"at step {self.step}", path)
                 info = f"reward {record['reward/mean']:.3f} acc {record['accuracy']:.3f} H {record.get('entropy/mean', 0):.3f}"
                 progress.update(bar, completed=self.step, info=info)
 
     def _interrupted(self, where: str, checkpoint: Path) -> None:
-        signum = self.stop.signum or signal.SIGINT
+        # a rank may stop because another one saw the signal (torchrun forwards SIGTERM)
+        signum = self.stop.signum or (signal.SIGTERM if self.dist.enabled else signal.SIGINT)
         raise Interrupted(
             signum,
             f"{signal.Signals(signum).name}: stopped {where}, checkpoint {checkpoint}; "
@@ -384,9 +510,14 @@ class Trainer:
         )
 
     def _warm_start(self) -> None:
-        """The supervised warm start, checkpointed every ``warmstart.checkpoint_every`` steps and at its end."""
+        """The supervised warm start, checkpointed every ``warmstart.checkpoint_every`` steps and at its end.
+
+        Under torchrun every rank runs it (same data, same seed); rank 0 checkpoints and its weights
+        are broadcast at the end, so the ranks start RL from identical weights.
+        """
         steps = self._warmstart_steps()
         if steps <= 0:
+            self.dist.broadcast_module_(self.model)
             return
         w = self.cfg.warmstart
         ws = WarmStart(
@@ -399,6 +530,7 @@ class Trainer:
             seed=self.cfg.seed + 1,
             chat_template=self.cfg.rollout.chat_template,
             autocast=self.precision.autocast,
+            response_length=self.cfg.rollout.max_new_tokens,  # an MDLM's warm start fills the whole response width
         )
         resumed = self._warm_state
         if resumed is not None:
@@ -411,11 +543,14 @@ class Trainer:
             while not ws.done:
                 loss = ws.train_step()
                 progress.update(bar, completed=ws.step, info=f"loss {loss:.3f}")
-                if ws.step % w.checkpoint_every == 0 or ws.done or self.stop.requested:
-                    path = self._save_warm_start(ws)
-                if self.stop.requested:
-                    self._interrupted(f"in the warm start at step {ws.step}", path)
+                stop = self._stop_requested()
+                if (ws.step % w.checkpoint_every == 0 or ws.done or stop) and self.dist.is_main:
+                    self._save_warm_start(ws)
+                if stop:
+                    self.dist.barrier()
+                    self._interrupted(f"in the warm start at step {ws.step}", checkpoint_path(self.ckpt_root, ws.step, WARMSTART_PREFIX))
         self.model.zero_grad(set_to_none=True)  # no stale warm-start gradients on weights LoRA then freezes
+        self.dist.broadcast_module_(self.model)
 
     def _save_warm_start(self, ws: WarmStart) -> Path:
         state = {
@@ -428,13 +563,20 @@ class Trainer:
         return save_checkpoint(self.ckpt_root, ws.step, state, keep=1, prefix=WARMSTART_PREFIX)
 
     def _finish(self) -> None:
+        full = None
+        if self.learner.sharded and self.rollout_model is None:  # FSDP2 without a replica: gather (all ranks)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.dist.is_main:
+            return
         from rlvr.eval.report import write_run_report
 
         final_dir = self.run_dir / "final_model"
         if is_peft_model(self.model):
             save_lora_model(self.model, self.tokenizer, final_dir, merge=self.cfg.model.lora.merge_on_save)
         else:
-            self.model.save_pretrained(final_dir)
+            self.sampler.save_pretrained(final_dir, **({"state_dict": full} if full is not None else {}))
             self.tokenizer.save_pretrained(final_dir)
         report = write_run_report(self.run_dir) if self.cfg.eval.report else None
         before, after = self.summary.get("before", {}), self.summary.get("after", {})
@@ -445,6 +587,13 @@ class Trainer:
                 f"[bold]held-out greedy accuracy: {before[key]:.3f} (warm start) -> {after[key]:.3f} (RL)[/]"
             )
         self.console.print(f"run directory: {self.run_dir}" + (f"  report: {report}" if report else ""))
+
+
+def _rank_device(spec: str, dist: Dist) -> str:
+    """Under torchrun each rank trains on its own GPU (``cuda:LOCAL_RANK``)."""
+    if dist.enabled and (spec == "cuda" or (spec == "auto" and torch.cuda.is_available())):
+        return f"cuda:{dist.local_rank}"
+    return spec
 
 
 def _scored(rollout: RolloutResult, cfg: RunConfig) -> int:

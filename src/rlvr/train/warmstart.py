@@ -2,7 +2,8 @@
 
 RL needs a policy that is sometimes right; a model built from a config is never right. A few
 hundred steps of next-token training on ``prompt -> solution<eos>`` give it a non-zero, improvable
-accuracy. The loss covers the solution tokens only.
+accuracy. The loss covers the solution tokens only. A masked diffusion model (``model.kind=mdlm``)
+is warm-started with LLaDA's masked-token objective instead (:func:`rlvr.models.mdlm.masked_diffusion_loss`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,20 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.errors import ConfigError
+from rlvr.models.mdlm import is_mdlm, mask_token_id, masked_diffusion_loss
 from rlvr.rollout.hf import format_prompts
 from rlvr.tasks.base import Problem, Task
+
+
+def with_solutions(problems: list[Problem]) -> list[Problem]:
+    """The problems with a prompt and a worked solution; none at all is a configuration error."""
+    usable = [p for p in problems if isinstance(p.prompt, str) and p.prompt.strip() and p.solution]
+    if not usable:
+        raise ConfigError(
+            f"warm start needs problems with a prompt and a worked solution, but none of {len(problems)} "
+            f"(e.g. '{problems[0].id if problems else '?'}') has one; set warmstart.steps=0 for this task"
+        )
+    return usable
 
 
 def sft_batch(
@@ -27,12 +40,7 @@ def sft_batch(
     Problems with an empty prompt or no worked solution are skipped; if none is usable the task
     cannot be warm-started at all, which is a configuration error.
     """
-    usable = [p for p in problems if isinstance(p.prompt, str) and p.prompt.strip() and p.solution]
-    if not usable:
-        raise ConfigError(
-            f"warm start needs problems with a prompt and a worked solution, but none of {len(problems)} "
-            f"(e.g. '{problems[0].id if problems else '?'}') has one; set warmstart.steps=0 for this task"
-        )
+    usable = with_solutions(problems)
     prompts = format_prompts(tokenizer, usable, chat_template)
     rows, label_rows = [], []
     for problem, prompt in zip(usable, prompts):
@@ -46,6 +54,32 @@ def sft_batch(
     labels = torch.tensor([r + [-100] * (width - len(r)) for r in label_rows])
     attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     return input_ids, attention, labels
+
+
+def mdlm_sft_batch(
+    tokenizer: PreTrainedTokenizerBase, problems: list[Problem], chat_template: str, length: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(input_ids, attention_mask, prompt_len)`` for a masked diffusion model's warm start.
+
+    Prompts left-padded as in sampling; each response is ``solution<eos>`` filled with EOS to the
+    sampled width ``length`` (``rollout.max_new_tokens``), LLaDA's SFT layout (arXiv 2502.09992).
+    """
+    usable = with_solutions(problems)
+    enc = tokenizer(format_prompts(tokenizer, usable, chat_template), return_tensors="pt", padding=True, add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    rows = []
+    for problem in usable:
+        ids = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [eos]
+        if len(ids) > length:
+            raise ConfigError(
+                f"the worked solution of '{problem.id}' takes {len(ids)} tokens with its EOS, more than "
+                f"rollout.max_new_tokens={length}, the width a masked diffusion model generates; raise it"
+            )
+        rows.append(ids + [eos] * (length - len(ids)))
+    response = torch.tensor(rows, dtype=enc["input_ids"].dtype)
+    input_ids = torch.cat([enc["input_ids"], response], dim=1)
+    attention = torch.cat([enc["attention_mask"], torch.ones_like(response)], dim=1)
+    return input_ids, attention, enc["input_ids"].shape[1]
 
 
 class WarmStart:
@@ -70,8 +104,13 @@ class WarmStart:
         seed: int,
         chat_template: str = "auto",
         autocast: Callable[[], ContextManager[None]] = contextlib.nullcontext,
+        response_length: int | None = None,
     ) -> None:
         self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.mdlm = is_mdlm(model)
+        if self.mdlm and response_length is None:
+            raise ValueError("a masked diffusion model's warm start needs response_length (rollout.max_new_tokens)")
+        self.response_length = response_length
         self.autocast = autocast
         self.steps, self.batch_size, self.chat_template = steps, batch_size, chat_template
         self.rng = random.Random(seed)
@@ -88,9 +127,12 @@ class WarmStart:
         device = next(self.model.parameters()).device
         self.model.train()
         problems = self.task.train_problems(self.batch_size, self.rng)
-        input_ids, attention, labels = (t.to(device) for t in sft_batch(self.tokenizer, problems, self.chat_template))
-        with self.autocast():
-            loss = self.model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        if self.mdlm:
+            loss = self._mdlm_loss(problems, device)
+        else:
+            input_ids, attention, labels = (t.to(device) for t in sft_batch(self.tokenizer, problems, self.chat_template))
+            with self.autocast():
+                loss = self.model(input_ids=input_ids, attention_mask=attention, labels=labels, use_cache=False).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -98,6 +140,15 @@ class WarmStart:
         self.schedule.step()
         self.step += 1
         return float(loss.item())
+
+    def _mdlm_loss(self, problems: list[Problem], device: torch.device) -> torch.Tensor:
+        """:func:`rlvr.models.mdlm.masked_diffusion_loss` on the problems' worked solutions."""
+        assert self.response_length is not None
+        input_ids, attention, prompt_len = mdlm_sft_batch(self.tokenizer, problems, self.chat_template, self.response_length)
+        with self.autocast():
+            return masked_diffusion_loss(
+                self.model, input_ids.to(device), attention.to(device), prompt_len, mask_id=mask_token_id(self.model)
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,7 @@
+"""``python -m rlvr ...`` (what ``torchrun -m rlvr train ...`` runs on every rank)."""
+
+import sys
+
+from rlvr.cli import main
+
+sys.exit(main())
