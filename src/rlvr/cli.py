@@ -1,4 +1,4 @@
-"""Command line: ``rlvr train | config show | methods | eval | report | checkpoint convert | model convert-smollm2``.
+"""Command line: ``rlvr train | config show | methods | eval | report | data select | checkpoint convert | model convert-smollm2``.
 
 Overrides are dotted ``key=value`` pairs (values parsed as YAML), e.g.
 ``rlvr train train.steps=20 algo.advantage=canon algo.regularizers=[siren]``.
@@ -64,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dirs", nargs="+")
     report.add_argument("--out", metavar="DIR", help="write one comparison report of all RUN_DIRS into DIR")
+
+    data = sub.add_parser("data", help="data tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    select = data_sub.add_parser(
+        "select",
+        help="1-shot RLVR: rank a run's prompts by the variance of their training accuracy and write the top k "
+        "as a data set (train on it with task=subset)",
+    )
+    select.add_argument("run_dir", help="a run directory with prompt_history.jsonl")
+    select.add_argument("--k", type=int, default=1, help="how many prompts to keep (default 1)")
+    select.add_argument("--score", choices=["std", "lim"], default="std", help="std of the accuracies, or LIMR-style lim")
+    select.add_argument("--out", help="output JSONL file (default RUN_DIR/selected_<score>_k<k>.jsonl)")
 
     model = sub.add_parser("model", help="model utilities")
     model_sub = model.add_subparsers(dest="model_command", required=True)
@@ -136,6 +148,12 @@ Default OUT: <run>/eval/<data> for a run's final_model, else eval_results/<model
     ev.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--no-entropy", action="store_true", help="skip the extra forward pass for token entropy")
+    ev.add_argument("--base-results", metavar="DIR",
+                    help="another eval's output directory (e.g. the model before RL, same data): adds support "
+                    "shrinkage/expansion against its samples and its metrics side by side")
+    ev.add_argument("--support-min-frac", type=float, default=0.0,
+                    help="with --base-results: a correct answer counts in the support when at least this share "
+                    "of the samples give it (default 0: once is enough)")
     ev.add_argument("--timeout-s", type=float, default=10.0, help="per-response verification timeout")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ev.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -196,11 +214,22 @@ def _run_eval(args: argparse.Namespace, console: Console) -> None:
         progress=not args.quiet,
         console=console,
         trust_remote_code=args.trust_remote_code,
+        base_results=args.base_results,
+        support_min_frac=args.support_min_frac,
     )
     m = summary["metrics"]
     shown = ["accuracy", *[k for k in m if k.startswith(("pass@", "maj@"))], "length/mean", "entropy/mean",
              "answers/distinct_mean", "distinct_2", "accuracy_per_1k_tokens"]
     console.print(", ".join(f"{k} {m[k]:.4g}" for k in shown if isinstance(m.get(k), float)), highlight=False)
+    if "base" in summary:
+        b, here = summary["base"]["metrics"], summary["base"]["model_metrics"]
+        console.print(
+            f"vs base ({m['support/prompts']:.0f} prompts): correct answers preserved {m['support/answer/preserved']:.0f}"
+            f"/{m['support/answer/base']:.0f}, shrunk {m['support/answer/shrunk']:.0f}, expanded "
+            f"{m['support/answer/expanded']:.0f}; answer entropy {b['answers/entropy']:.3f} -> {here['answers/entropy']:.3f}, "
+            f"token entropy {b.get('entropy/mean', float('nan')):.3f} -> {here.get('entropy/mean', float('nan')):.3f}",
+            highlight=False,
+        )
     console.print(f"wrote {summary['out_dir']}/summary.json and summary.md ({m['num_prompts']:.0f} prompts)")
 
 
@@ -221,6 +250,11 @@ def _methods(console: Console) -> None:
             entry = registry.entry(name)
             summary = entry.doc.splitlines()[0] if entry.doc else ""
             console.print(f"  {name}({_knobs(entry)})  {summary}")
+    from rlvr.train.config import rollout_methods
+
+    console.print("[bold]rollout stage[/] (config keys)")
+    for key, summary, knobs in rollout_methods():
+        console.print(f"  {key}({knobs})  {summary}", markup=False)
 
 
 def methods_markdown() -> str:
@@ -246,7 +280,34 @@ def methods_markdown() -> str:
             knobs = _knobs(entry).replace("|", "\\|") or "-"
             reads = ", ".join(sorted(entry.requires)) or "-"
             lines.append(f"| {stage} | `{name}` | {summary} | {knobs} | {reads} |")
+    from rlvr.train.config import rollout_methods
+
+    lines += ["", "Rollout-stage methods are switched on by config keys:", "", "| key | summary (source) | knobs and defaults |", "|---|---|---|"]
+    for key, summary, knobs in rollout_methods():
+        lines.append(f"| `{key}` | {summary.replace('|', chr(92) + '|')} | {knobs.replace('|', chr(92) + '|')} |")
     return "\n".join(lines) + "\n"
+
+
+def _select_data(args: argparse.Namespace, console: Console) -> None:
+    """``rlvr data select``: write the selected problems and print the command that trains on them."""
+    import json
+    from pathlib import Path
+
+    from rlvr.train.history import select_examples
+
+    path, chosen = select_examples(Path(args.run_dir), k=args.k, score=args.score, out=Path(args.out) if args.out else None)
+    for pid, value in chosen:
+        console.print(f"{value:.4f}  {escape(pid)}", highlight=False)
+    task = f"task.kwargs.path={path}"
+    config = Path(args.run_dir) / "config.yaml"
+    if config.is_file():
+        from rlvr.files import safe_load_unique
+
+        base = (safe_load_unique(config.read_bytes(), str(config)) or {}).get("task") or {}
+        task += f" task.kwargs.base={base.get('name', 'countdown')}"
+        if base.get("kwargs"):
+            task += f" 'task.kwargs.base_kwargs={json.dumps(base['kwargs'])}'"
+    console.print(f"wrote {path} ({len(chosen)} problems); train on it with: rlvr train task=subset {task}", highlight=False, soft_wrap=True)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -311,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(dump_config(load_config(args.config, args.overrides)), end="")
             else:
                 print("\n".join(packaged_config_names()))
+        elif args.command == "data":
+            _select_data(args, console)
         elif args.command == "model":
             from rlvr.models.smollm2 import convert_smollm2
 

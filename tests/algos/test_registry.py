@@ -140,6 +140,12 @@ def test_builtins_registered() -> None:
 # Enum-like knobs are Literal[...] so that a wrong value fails when the config loads
 
 FREE_TEXT_KNOBS = {
+    ("regularizer", "adr_switch", "long_token"),  # token text of the two reasoning modes
+    ("regularizer", "adr_switch", "short_token"),
+    ("reward", "adr_reward", "long_prompt"),  # instruction templates
+    ("reward", "adr_reward", "short_prompt"),
+    ("task", "subset", "base"),  # a registered task name, checked when the base is built
+    ("task", "subset", "path"),
     ("advantage", "seed_grpo", "base"),  # registry names, checked when the base is built
     ("advantage", "ucas", "base"),
     ("advantage", "confucius_pshw", "base"),

@@ -39,6 +39,25 @@ BASE = [
 ]
 SIREN = ["algo.advantage=dr_grpo", "algo.agg_mode=seq-mean-token-sum-norm", "algo.regularizers=[siren]"]
 KILL_RUN = ["train.steps=4", *SIREN]
+# T1's anchor refresh mixes the sharded reference with the sharded policy shard by shard
+T1_ANCHOR = ["algo.regularizers=[{name: kl, coef: 0.1}]", "algo.controllers=[{name: t1_anchor, every: 1, mix: 0.5}]"]
+# DRIVE's plan (stage 2 at step 2 from the replicated prompt history) + ADR's instruction halves and mode logits
+DRIVE_ADR = [
+    "algo.controllers=[{name: drive, switch_step: 1, stage1_length: 0.5, stage2_group_size: 8, hard_max_pass_rate: 1.0}]",
+    "algo.reward_shaping=[adr_reward]",
+    "algo.regularizers=[{name: adr_switch, short_token: '1', long_token: '2'}]",
+]
+# Confucius3 RSR (step 2 starts with step 1's overflow groups, seed 1) + HAPO-H adaptive temperature + SPAE probes
+ROLLOUT_COMPONENTS = [
+    "seed=1",
+    "rollout.group_size=2",
+    "rollout.dynamic_sampling=true",
+    "rollout.recover_overflow=true",
+    "rollout.adaptive_temperature.enabled=true",
+    "algo.advantage={name: spae, split: length, step_len: 3}",
+]
+# CURE's branch points come from the learner's rank-split entropy forward; continuations are sampled in shards
+CURE = ["rollout.cure.enabled=true", "rollout.cure.min_token_chars=0", "rollout.cure.n2=1", "rollout.group_size=2"]
 COMBINED = [
     "algo.advantage={name: canon, metric: entropy}",
     "algo.policy_loss={name: clip_cov, clip_ratio: 0.2, cov_low: -10.0}",
@@ -137,7 +156,11 @@ def dp_runs(tmp_path_factory, _fast_overrides):
         "siren": SIREN,
         "combined": COMBINED,
         "micro2": [*SIREN, "train.micro_batch_size=2"],
+        "rollout": ROLLOUT_COMPONENTS,
+        "cure": CURE,
         "fsdp2": [*SIREN, "train.strategy=fsdp2", "train.grad_clip=1e6"],
+        "fsdp2-t1": [*T1_ANCHOR, "train.strategy=fsdp2", "train.grad_clip=1e6"],
+        "drive-adr": DRIVE_ADR,
     }
     straight = {"straight": KILL_RUN}  # the uninterrupted reference of the kill -9 test
     results = _launch([_job(tmp / f"dp-{name}", *extra) for name, extra in {**jobs, **straight}.items()], tmp)
@@ -165,6 +188,43 @@ def test_two_ranks_equal_one_process_bit_for_bit_combined(dp_runs, informative):
     informative.assert_learning(records)
     assert any(r.get("sampling/rounds", 1) > 1 or r.get("sampling/informative_frac", 1) < 1 for r in records[1:])
     assert _max_diff(dp_runs / "dp-combined", dp_runs / "sp-combined") == 0.0
+
+
+def test_prompt_history_is_the_single_process_one(dp_runs):
+    """Rank 0 writes the replicated per-prompt history; it equals one process's, DRIVE's stage-2 draws included."""
+    for name in ("siren", "drive-adr"):
+        assert (dp_runs / f"dp-{name}" / "prompt_history.jsonl").read_text() == (dp_runs / f"sp-{name}" / "prompt_history.jsonl").read_text()
+
+
+def test_drive_and_adaptive_deep_reasoning_equal_one_process(dp_runs, informative):
+    records = read_metrics(dp_runs / "sp-drive-adr" / "metrics.jsonl")
+    informative.assert_learning(records)
+    assert [r["drive/stage"] for r in records if "drive/stage" in r] == [1.0, 2.0]
+    assert _max_diff(dp_runs / "dp-drive-adr", dp_runs / "sp-drive-adr") == 0.0
+
+
+def test_fsdp2_reference_refresh_equals_one_process(dp_runs):
+    """T1's refresh on FSDP2 shards (after each step: ref <- (ref + pi) / 2) against one process."""
+    records = read_metrics(dp_runs / "sp-fsdp2-t1" / "metrics.jsonl")
+    assert [r["t1_anchor/refreshed"] for r in records if "t1_anchor/refreshed" in r] == [1.0, 1.0]
+    assert _max_diff(dp_runs / "dp-fsdp2-t1", dp_runs / "sp-fsdp2-t1") <= 1e-7
+    dp = [r["kl/k1_mean"] for r in read_metrics(dp_runs / "dp-fsdp2-t1" / "metrics.jsonl") if "kl/k1_mean" in r]
+    sp = [r["kl/k1_mean"] for r in records if "kl/k1_mean" in r]
+    assert dp == pytest.approx(sp, abs=1e-7) and abs(sp[1]) > 0  # step 2's KL is to the refreshed anchor
+
+
+def test_rollout_stage_components_equal_one_process(dp_runs, informative):
+    """Recovered overflow groups, per-token temperatures, SPAE probe potentials and CURE branches on 2 ranks."""
+    records = read_metrics(dp_runs / "sp-rollout" / "metrics.jsonl")
+    informative.assert_learning(records)
+    assert records[2]["sampling/recovered_groups"] > 0 and records[2]["adaptive_temperature/mean"] != 1.0
+    assert all(r["spae_probe/probes"] > 0 for r in records[1:])
+    assert all(r["cure/continuation_frac"] == 0.5 for r in read_metrics(dp_runs / "sp-cure" / "metrics.jsonl")[1:])
+    keys = ("sampling/recovered_groups", "adaptive_temperature/mean", "spae/potential_mean", "cure/branch_mean", "reward/mean")
+    for name in ("rollout", "cure"):
+        assert _max_diff(dp_runs / f"dp-{name}", dp_runs / f"sp-{name}") == 0.0, name
+        for a, b in zip(_stable(dp_runs / f"dp-{name}"), _stable(dp_runs / f"sp-{name}")):
+            assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}, name
 
 
 def test_several_micro_batches_per_rank_within_1e_5(dp_runs):

@@ -9,16 +9,19 @@ import pytest
 
 from rlvr.eval.metrics import (
     accuracy_per_1k_tokens,
+    answer_entropy,
     avg_at_n,
     default_ks,
     distinct_answers,
     distinct_n,
+    empirical_support,
     maj_at_k,
     ngrams,
     pass_at_k,
     percentile,
+    support_change,
 )
-from rlvr.eval.runner import summarize
+from rlvr.eval.runner import compare_to_base, summarize
 
 # ------------------------------------------------------------------------------------------ pass@k
 
@@ -135,5 +138,66 @@ def test_summarize_by_hand() -> None:
     assert m["truncated_frac"] == 0.25
     assert m["entropy/mean"] == pytest.approx((5 + 30 + 20 + 10) / 100)  # token-weighted
     assert m["answers/distinct_mean"] == 1.5 and m["answers/none_frac"] == 0.25
+    assert m["answers/entropy"] == pytest.approx(math.log(2))  # two different answers on each prompt
     assert m["distinct_1"] == 0.75
     assert m["tokens/total"] == 100 and m["accuracy_per_1k_tokens"] == 10.0
+
+
+# ------------------------------------------------------------------ The Invisible Leash (arXiv 2507.14843)
+
+
+def test_answer_entropy_by_hand() -> None:
+    assert answer_entropy(["a", "a", "b", "b"]) == pytest.approx(math.log(2))
+    # p = 3/4, 1/4: -(0.75 ln 0.75 + 0.25 ln 0.25) = 0.2157616 + 0.3465736
+    assert answer_entropy(["a", "a", "a", "b"]) == pytest.approx(0.5623351)
+    assert answer_entropy(["x"] * 4) == 0.0 and answer_entropy([]) == 0.0
+    # no answer = an answer of its own: p = 1/2, 1/4, 1/4 -> 0.3465736 + 2 * 0.3465736
+    assert answer_entropy(["a", None, "a", None]) == pytest.approx(1.0397208)
+    assert answer_entropy([None, None]) == pytest.approx(math.log(2))
+
+
+def test_empirical_support_and_its_change() -> None:
+    keys, correct = ["a", "b", "a", None, "c"], [True, True, True, True, False]
+    assert empirical_support(keys, correct) == {"a", "b"}  # c is wrong, None is no answer
+    assert empirical_support(keys, correct, min_frac=0.4) == {"a"}  # a: 2 of 5 samples >= 0.4 * 5
+    assert empirical_support(keys, [1.0, 0.5, 1.0, 1.0, 1.0]) == {"a", "c"}  # a score counts at >= 1
+    assert support_change({"a", "b", "c"}, {"b", "d"}) == {"preserved": 1, "shrunk": 2, "expanded": 1}
+    with pytest.raises(ValueError):
+        empirical_support(["a"], [True, False])
+
+
+def _rec(pid: str, answers: list, correct: list, responses: list | None = None) -> dict:
+    return {"id": pid, "answers": answers, "correct": correct, "responses": responses or [str(a) for a in answers]}
+
+
+def test_compare_to_base_by_hand() -> None:
+    base = [
+        _rec("p1", ["a", "b", "c", None], [True, True, False, False], ["a.", "b", "c", "?"]),
+        _rec("p2", ["x", "x", "y", "y"], [False] * 4),
+        _rec("p3", ["q"] * 4, [True] * 4),
+        _rec("gone", ["a"], [True]),  # not evaluated for the new model: ignored
+    ]
+    model = [
+        _rec("p1", ["a", "a", "a", "d"], [True, True, True, False], ["a.", "a!", " a. ", "d"]),
+        _rec("p2", ["z", "x", "z", "z"], [True, False, True, True], ["z", "x", "z", "z2"]),
+        _rec("p3", ["r"] * 4, [False] * 4),
+        _rec("new", ["a"] * 4, [True] * 4),  # no base samples: ignored
+    ]
+    m = compare_to_base(model, base)
+    assert m["support/prompts"] == 3
+    # answers: p1 {a,b} -> {a}; p2 {} -> {z}; p3 {q} -> {}
+    assert (m["support/answer/base"], m["support/answer/model"]) == (3, 2)
+    assert (m["support/answer/preserved"], m["support/answer/shrunk"], m["support/answer/expanded"]) == (1, 2, 1)
+    assert m["support/answer/preservation"] == pytest.approx(1 / 3)
+    # responses (whitespace-normalised): p1 {a., b} -> {a., a!}; p2 {} -> {z, z2}; p3 {q} -> {}
+    assert (m["support/response/base"], m["support/response/model"]) == (3, 4)
+    assert (m["support/response/preserved"], m["support/response/shrunk"], m["support/response/expanded"]) == (1, 2, 3)
+    # solved: p1 both, p2 model only, p3 base only
+    assert (m["support/prompts_both"], m["support/prompts_base_only"]) == (1, 1)
+    assert (m["support/prompts_model_only"], m["support/prompts_neither"]) == (1, 0)
+    # frequency >= 1/2 of the 4 samples: p1 {} -> {a}; p2 {} -> {z}; p3 {q} -> {}
+    strict = compare_to_base(model, base, min_frac=0.5)
+    assert (strict["support/answer/base"], strict["support/answer/model"]) == (1, 2)
+    assert (strict["support/answer/preserved"], strict["support/answer/shrunk"], strict["support/answer/expanded"]) == (0, 1, 2)
+    assert strict["support/answer/preservation"] == 0.0
+    assert math.isnan(compare_to_base(model, [_rec("p2", ["x"], [False])])["support/answer/preservation"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,63 @@ def test_cli_eval_answer_flags(model_dir, tmp_path, capsys) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["answer_extract"] == "last_number" and summary["settings"]["system_prompt"] == "Be brief."
     assert results(out)[0]["prompt"].endswith("end your response with the final answer as a number.")
+
+
+def test_base_results_support_and_answer_entropy(model_dir, tmp_path, monkeypatch, capsys) -> None:
+    """--base-results: support shrinkage/expansion against a base eval's samples and the two models'
+    answer-level entropies, on fixed responses with hand-computed values."""
+    data = write_jsonl(tmp_path / "toy.jsonl", [
+        {"problem": "1+1?", "answer": "2"},
+        {"problem": "1+2?", "answer": "3"},
+        {"problem": "4/2?", "answer": "2"},
+    ])
+    real = HFRollout.generate
+    texts: dict[str, list[str]] = {
+        "base": ["\\boxed{2}", "\\boxed{3}", "no idea", "no idea"],  # answers 2, 3, -, - on every prompt
+        "model": ["\\boxed{2}"] * 4,
+    }
+    which = {"now": "base"}
+
+    def fixed(self, model, prompts, **kwargs):
+        batch = real(self, model, prompts, **kwargs)
+        batch.responses = [texts[which["now"]][j % 4] for j in range(len(batch.responses))]
+        return batch
+
+    monkeypatch.setattr(HFRollout, "generate", fixed)
+    base = evaluate_model(model_dir, data, tmp_path / "base", n=4, **FAST)
+    assert base["metrics"]["answers/entropy"] == pytest.approx(math.log(4))  # 2, 3 and two singletons
+    with pytest.raises(ConfigError, match="no results.jsonl"):
+        evaluate_model(model_dir, data, tmp_path / "bad", n=4, base_results=tmp_path / "nowhere", **FAST)
+    assert not (tmp_path / "bad").exists()
+
+    which["now"] = "model"
+    summary = evaluate_model(model_dir, data, tmp_path / "rl", n=4, base_results=tmp_path / "base", **FAST)
+    m = summary["metrics"]
+    assert m["answers/entropy"] == 0.0 and m["support/prompts"] == 3
+    # correct answers: base {2}, {3}, {2}; model {2}, {}, {2}
+    assert (m["support/answer/base"], m["support/answer/model"]) == (3, 2)
+    assert (m["support/answer/preserved"], m["support/answer/shrunk"], m["support/answer/expanded"]) == (2, 1, 0)
+    assert m["support/answer/preservation"] == pytest.approx(2 / 3)
+    assert (m["support/prompts_both"], m["support/prompts_base_only"], m["support/prompts_model_only"]) == (2, 1, 0)
+    assert summary["base"]["n"] == 4 and summary["base"]["metrics"]["accuracy"] == pytest.approx(3 / 12)
+    assert summary["base"]["model_metrics"]["accuracy"] == pytest.approx(8 / 12)
+    page = (tmp_path / "rl" / "summary.md").read_text()
+    assert "Against the base model" in page and "| answers/entropy | 1.386 | 0 |" in page
+    assert json.loads((tmp_path / "rl" / "summary.json").read_text())["base"]["metrics"]["num_prompts"] == 3
+
+    code = main(["eval", model_dir, "--data", data, "-n", "4", "--max-new-tokens", "6", "--out", str(tmp_path / "rl"),
+                 "--quiet", "--base-results", str(tmp_path / "base" / "results.jsonl")])
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert code == 0, out
+    assert "vs base (3 prompts): correct answers preserved 2/3, shrunk 1, expanded 0" in out
+    assert "answer entropy 1.386 -> 0.000" in out
+
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    fewer = evaluate_model(model_dir, data, tmp_path / "n2", n=2, base_results=tmp_path / "base", console=console, **FAST)
+    assert "4 base samples per prompt against 2" in console.export_text()
+    # pass@2 of both, over the smaller sample count: base 1 - C(3,2)/C(4,2) = 1/2 on each prompt; model 1 on two
+    assert fewer["base"]["metrics"]["pass@2"] == pytest.approx(0.5)
+    assert fewer["base"]["model_metrics"]["pass@2"] == pytest.approx(2 / 3)
+    assert "| pass@2 | 0.5 | 0.6667 |" in (tmp_path / "n2" / "summary.md").read_text()

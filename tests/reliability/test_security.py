@@ -275,3 +275,34 @@ def test_model_answers_are_parsed_never_executed(tmp_path):
     assert not verify_math(f"\\boxed{{{code}}}", "1", timeout_s=5.0)
     assert not verify_math(code, "1", timeout_s=5.0)
     assert not marker.exists()
+
+
+def test_sharded_checkpoint_metadata_is_read_with_an_allowlist(tmp_path):
+    """A multi-process checkpoint's DCP ``.metadata`` is a pickle: one that would run code is refused,
+    the file it would create never appears; real DCP metadata loads."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from rlvr.models.tiny import char_tokenizer, tiny_qwen2
+    from rlvr.train.checkpoint import UnsafeCheckpointError
+    from rlvr.train.distributed import load_sharded, model_optimizer_state, read_sharded_metadata
+
+    model = tiny_qwen2(char_tokenizer(), hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32)
+    good = tmp_path / "good"
+    dcp.save(model_optimizer_state(model, None, None), storage_writer=dcp.FileSystemWriter(str(good)))
+    assert read_sharded_metadata(good).state_dict_metadata  # DCP's own classes pass
+    load_sharded(good, model_optimizer_state(model, None, None))
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(UnsafeCheckpointError, match=r"refusing to load checkpoint .*\.metadata.*not allowed"):
+        load_sharded(bad, model_optimizer_state(model, None, None))
+    assert not marker.exists()

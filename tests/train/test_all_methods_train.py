@@ -65,10 +65,31 @@ EXTRA = {
     # unlabelled group is dropped (advantage 0)
     "trapo": ["algo.advantage.unlabeled_fraction=0.5", "algo.advantage.extract=first_line"],
     "t1_oversample": ["algo.token_weights=[{name: t1_oversample, keep: 2}]"],  # train on 2 of the 4 samples
+    # the anchor moves the kl regularizer's reference to the policy after every step (see SETTING, REFERENCE)
+    "t1_anchor": ["algo.controllers=[{name: t1_anchor, every: 1}]", "algo.regularizers=[{name: kl, coef: 0.1}]"],
+    # two mode tokens of the char tokenizer; the switching loss needs adr_reward's preferred modes (see REFERENCE)
+    "adr_switch": ["algo.regularizers=[{name: adr_switch, short_token: '1', long_token: '2'}]", "algo.reward_shaping=[adr_reward]"],
+    # stage 1 (a 0.5 window) for one step, then 2 prompts x 8 from the hard set (every stage-1 prompt qualifies)
+    "drive": [
+        "algo.controllers=[{name: drive, switch_step: 1, stage1_length: 0.5, stage2_group_size: 8, hard_max_pass_rate: 1.0}]"
+    ],
     "hicra": ["algo.advantage.grams=['+']"],  # the default English planning phrases never occur in countdown
+    # no ".\n\n" in 8-token countdown answers: steps of 3 tokens, probed after tokens 3 and 6 (the probes' potentials
+    # differ, so the shaping term dPhi of the second step is not 0)
+    "spae": ["algo.advantage.split=length", "algo.advantage.step_len=3"],
     "cj_grpo": ["model.kind=mdlm"],  # a loss over masked-diffusion trajectories: the tiny MDLM (see REFERENCE)
+    # countdown responses have no <think>/<answer> tags (r1 would make every response malformed: RLPR reward 0,
+    # and every spliced response the same end text for max_new_tokens=8): the answer goes after the whole response
+    "logprob_reward": ["algo.reward_shaping=[{name: logprob_reward, format: append}]"],
+    # with threshold_0 most rewards of the tiny policy are 0 (its s_B - s_A is about 0): the unshaped difference
+    "rlpr": ["algo.reward_shaping=[{name: rlpr, format: append, shaping: identity}]"],
+    # the EMA from step 1, filtering at step 2 (see SETTING); beta 1 drops the groups below the mean std
+    "rlpr_std_filter": ["algo.token_weights=[{name: rlpr_std_filter, ema_start_step: 1, start_step: 2, beta: 1.0}]"],
+    "answer_entropy_stats": ["algo.controllers=[{name: answer_entropy_stats, extract: first_line}]"],  # countdown's answer
 }
 SETTING = {
+    # with 8 new tokens nearly every response of the tiny model is cut by step 3: room to end, so some are kept
+    "mask_truncated": ("rollout.max_new_tokens=16",),
     "gspo": ("train.ppo_epochs=2",),  # first update at ratio 1 = PPO-clip's; the second clips per sequence
     "kl_cov": ("train.ppo_epochs=2",),  # beta |log r| has zero gradient at r = 1
     "cispo": ("train.ppo_epochs=2", "train.lr=0.05"),  # equals PPO-clip's gradient until PPO clips
@@ -77,21 +98,14 @@ SETTING = {
     "siren_wo_topp": ("train.steps=2",),
     "prl": ("train.steps=2",),  # the reference model is the first step's policy: no KL term (= GRPO) before step 2
     "empo": ("warmstart.steps=150",),  # about half of the responses are then arithmetic expressions
+    "rlpr_std_filter": ("train.steps=2",),  # the first step only records the group stds
+    "t1_anchor": ("train.steps=3",),  # the first refresh is after step 1: steps 2-3 see the moved anchor
+    "drive": ("train.steps=3",),  # step 1 in stage 1, steps 2-3 in stage 2 (a new pass over the hard set at step 3)
 }
 """Run shapes a method is compared under (its reference run uses them too); the last updates are compared."""
 
 
-NEEDS_TRAINER_INPUT = {
-    ("advantage", "progrpo"): ("prompt_logprobs", "prompt-token log-probs: a forward over the prompt"),
-    ("advantage", "spae"): ("step_potential", "probe potentials: N short generations from every step prefix"),
-    ("reward", "logprob_reward"): (
-        "reference_answer_logprobs",
-        "reference-answer log-probs: a forward with the answer spliced after each response",
-    ),
-    ("controller", "t1_anchor"): ("refresh_reference", "a callable that moves the reference model to the policy"),
-    ("reward", "adr_reward"): ("reasoning_mode", "instruction-controlled sampling (long / short halves)"),
-    ("regularizer", "adr_switch"): ("mode_logits", "first-token mode logits without the instruction, with gradient"),
-}
+NEEDS_TRAINER_INPUT: dict[tuple[str, str], tuple[str, str]] = {}
 """Skip list: methods whose inputs the trainer does not produce yet, ``(ctx key, what it takes)``. They are
 not trained here; ``test_method_waiting_for_trainer_input_fails_loudly`` checks that each stops with a
 MissingInputError naming the input instead of training as plain GRPO."""
@@ -120,6 +134,10 @@ REFERENCE = {
     "entropy_pid": ("algo.regularizers=[entropy_bonus]",),
     # the reward it drives
     "ares_alpha": ("algo.reward_shaping=[{name: ares, window: 2, percentile: 50.0}]",),
+    # the same instruction-halved rollouts and reward, without the switching loss
+    "adr_switch": ("algo.reward_shaping=[adr_reward]",),
+    # the KL to the initial model, never refreshed
+    "t1_anchor": ("algo.regularizers=[{name: kl, coef: 0.1}]",),
     # the same tiny MDLM and its rollouts, trained with PPO-clip's token mean instead of the trajectory loss
     "cj_grpo": ("model.kind=mdlm",),
 }
@@ -129,6 +147,7 @@ SAME_UPDATE = {
     ("advantage", "grpo"): "the reference itself (GRPO advantage)",
     ("policy_loss", "ppo_clip"): "the reference itself (PPO-clip loss)",
     ("controller", "hwe_stats"): "logs statistics only",
+    ("controller", "answer_entropy_stats"): "logs statistics only",
     ("reward", "hapo"): "no length history for a prompt before its first visit: the shaping term is 0",
     ("reward", "dot"): "penalises length outliers of all-correct groups only; no group is all correct here",
 }
@@ -155,7 +174,8 @@ def last_update(tmp_path_factory, informative):
     return get
 
 
-COMMON = ["train.steps=1", "eval.every=100"]
+COMMON = ["train.steps=3", "eval.every=100"]
+"""Every method trains 3 steps (its SETTING may ask for more)."""
 
 
 @pytest.mark.parametrize("stage, name", _trainable_methods(), ids=lambda x: str(x))

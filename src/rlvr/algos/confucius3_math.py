@@ -30,7 +30,8 @@ whose inputs are among ``rewards, group_ids`` composes. The report also removes 
 normalisation of the loss (Eq. 1, ``sum_i sum_t``): use ``algo.agg_mode=seq-mean-token-sum``.
 
 Recent Sample Recovery (§6.3, keep the valid overflow groups of DAPO's dynamic sampling for the
-next step) needs the rollout stage and is not implemented here.
+next step) is a rollout-stage option: ``rollout.recover_overflow=true``
+(:meth:`rlvr.rollout.stage.RolloutStage.collect`).
 """
 
 from __future__ import annotations

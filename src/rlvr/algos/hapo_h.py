@@ -46,16 +46,16 @@ inside and A outside. Then the PPO clipped surrogate with dual clip (``clip_rati
 recipes) on the per-token bounds. ``h^`` comes from the current (update-forward) entropy of the
 micro-batch, without gradient, as in the official actor.
 
-**Adaptive Temperature Sampling** (:func:`adaptive_temperature`, a pure formula, *not wired into
-the sampler*: that needs the sampler to compute per-token entropies while decoding, and is left to
-the trainer refactor). With the normaliser of the previous step's rollout entropies::
+**Adaptive Temperature Sampling** (:func:`adaptive_temperature`, the formula; the sampler option is
+``rollout.adaptive_temperature``, :mod:`rlvr.rollout.adaptive_temperature`, in rlvr's KV-cache
+loop). With the normaliser of the previous step's rollout entropies::
 
     T_t = T (1 + tau clip(h^_t, -1, 1)),   h_t = (log max(H_t, 1e-6) - m) / (s + 1e-6)
 
 where ``H_t`` is the entropy of the current decoding step's distribution; ``T = 1``, ``tau = 0.05``
-(README: Qwen models collapse with larger tau). Trap for whoever wires it: the old log-probs of
-the PPO ratio must be those under the temperature actually used (the official code recomputes them
-at the base T).
+(README: Qwen models collapse with larger tau). Trap: the old log-probs of the PPO ratio must be
+those under the temperature actually used; the official code recomputes them at the base T
+(``rollout.adaptive_temperature.logprob_temperature`` offers both).
 
 Recipe: DAPO base, token-mean loss, clip 0.2 / 0.2, dual clip 10, pivot 0.8, alpha = beta = 1.
 """
@@ -142,7 +142,7 @@ def normalized_entropy(
 def adaptive_temperature(
     entropy: Tensor, norm: EntropyNormalizer, *, temperature: float = 1.0, tau: float = 0.05
 ) -> Tensor:
-    """HAPO's per-token sampling temperature ``T (1 + tau clip(h^, -1, 1))`` (not wired into sampling).
+    """HAPO's per-token sampling temperature ``T (1 + tau clip(h^, -1, 1))`` (see rlvr.rollout.adaptive_temperature).
 
     ``entropy``: the entropies of the distributions being sampled (any shape); ``norm``: the
     :func:`entropy_normalizer` of the previous step's rollout entropies (``official_sign`` there

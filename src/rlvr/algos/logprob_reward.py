@@ -18,13 +18,16 @@ likelihood (SFT) gradient, as in VeriFree, is unknown and not done here.
 ``combine="replace"`` (default) makes ``coef * score`` the reward; ``"add"`` adds it to the incoming
 reward (e.g. a verifier's).
 
-**Input the trainer must provide**: ``ctx.extras["reference_answer_logprobs"]``, a ``(B, L)`` float
-tensor with ``log pi(a*_j | p, z, a*_<j)`` of each reference-answer token after each row's prompt and
-sampled reasoning (a no-grad forward with the reference answer spliced after the response, the
-rollout policy, no gradient: the reward is a scalar), and ``ctx.extras["reference_answer_mask"]``
-``(B, L)`` (1 on the answer's tokens). Absent: MissingInputError. Where the sampled response has its
-own final answer the splice should replace it (RLPR cuts the response at its answer marker); which
-prefix to keep is the trainer's choice.
+**Input**: ``ctx.extras["reference_answer_logprobs"]``, a ``(B, L)`` float tensor with
+``log pi(a*_j | p, z, a*_<j)`` of each reference-answer token after each row's prompt and sampled
+reasoning, and ``ctx.extras["reference_answer_mask"]`` ``(B, L)`` (1 on the answer's tokens). The
+trainer fills both with a no-grad forward of the rollout policy over the responses with ``a*``
+spliced in (:class:`rlvr.ops.forward.ReferenceAnswerLogProbs`; the reward is a scalar, no gradient).
+The splice follows RLPR's (:func:`rlvr.ops.splice.splice_response`): ``format="r1"`` replaces the
+answer inside ``<answer>...</answer>`` after ``</think>``; a malformed response gets ``a*`` appended
+after (a cut of) its text and is scored on that; ``"boxed"`` replaces the last ``\\boxed{...}``;
+``"append"`` puts ``a*`` after the whole response. ``reference="solution"`` splices the problem's worked
+solution instead of its answer. Absent inputs: MissingInputError.
 
 Metrics: ``logprob_reward/score_mean``, ``logprob_reward/score_min``, ``logprob_reward/answer_tokens``.
 """
@@ -40,6 +43,8 @@ from rlvr.algos.context import AlgoContext
 from rlvr.algos.registry import reward
 from rlvr.algos.shaping import RewardShaper, check_choice, float_rewards
 from rlvr.errors import MissingInputError
+from rlvr.ops.forward import REFERENCES, Reference, ReferenceAnswerLogProbs
+from rlvr.ops.splice import SPLICE_FORMATS, SpliceFormat
 
 LikelihoodScore = Literal["sum_logprob", "mean_logprob", "prob", "mean_prob"]
 LIKELIHOOD_SCORES: tuple[str, ...] = get_args(LikelihoodScore)
@@ -75,23 +80,39 @@ def extras_with_mask(ctx: AlgoContext, key: str, mask_key: str, who: str, hint: 
     return values, mask
 
 
-@reward.register("logprob_reward", requires=("rewards",))
+@reward.register("logprob_reward", requires=("rewards", "reference_answer_logprobs"))
 class LogprobReward(RewardShaper):
     """Log-prob reward (arXiv 2602.03979): ``log pi(a* | p, z)`` of the reference answer after the sampled reasoning.
 
     Knobs: ``score`` (sum_logprob | mean_logprob | prob | mean_prob), ``combine`` (replace | add),
-    ``coef`` (1.0). Needs ``ctx.extras["reference_answer_logprobs"]`` and ``["reference_answer_mask"]``.
+    ``coef`` (1.0), ``format`` (r1 | boxed | append: the splice), ``reference`` (answer | solution).
+    Reads ``ctx.extras["reference_answer_logprobs"]`` and ``["reference_answer_mask"]``.
     """
 
     name = "logprob_reward"
 
-    def __init__(self, *, score: LikelihoodScore = "sum_logprob", combine: Combine = "replace", coef: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        score: LikelihoodScore = "sum_logprob",
+        combine: Combine = "replace",
+        coef: float = 1.0,
+        format: SpliceFormat = "r1",
+        reference: Reference = "answer",
+    ) -> None:
         super().__init__()
         check_choice(self.who(), "score", score, LIKELIHOOD_SCORES)
         check_choice(self.who(), "combine", combine, COMBINES)
+        check_choice(self.who(), "format", format, SPLICE_FORMATS)
+        check_choice(self.who(), "reference", reference, REFERENCES)
         self.score = score
         self.combine = combine
         self.coef = float(coef)
+        self.format = format
+        self.reference = reference
+
+    def forward_quantities(self) -> list[ReferenceAnswerLogProbs]:
+        return [ReferenceAnswerLogProbs(format=self.format, reference=self.reference)]
 
     def shape(self, ctx: AlgoContext) -> tuple[Tensor, dict[str, float]]:
         logprobs, mask = extras_with_mask(

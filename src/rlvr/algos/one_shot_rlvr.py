@@ -21,8 +21,10 @@ official ``lim``), over the first ``E = min_i |a_i|`` visits::
 
 (``s_i = 1`` for all when every ``abar_e = 1``, where the official code divides by zero). Examples
 with no recorded visit get no score and are left out of the ranking (the official script would
-fail on them). Keeping the per-prompt history across steps (keyed by ``ctx.prompt_ids``) and
-building the repeated data set is the trainer's job, not done here.
+fail on them). The history is kept by the trainer (:class:`rlvr.train.history.PromptHistory`, one
+visit per step a prompt is drawn, written to ``<run>/prompt_history.jsonl``); ``rlvr data select
+RUN_DIR --k 1 --score std`` ranks it and writes the selected problems, and the ``subset`` task
+(:mod:`rlvr.tasks.subset`) repeats them to fill every batch.
 
 **Entropy loss alone** (policy loss ``none``): the paper reports that the entropy loss by itself,
 with no outcome reward, raises MATH500 accuracy (Qwen2.5-Math-1.5B). ``algo.policy_loss=none``

@@ -13,6 +13,17 @@ Metrics (fractions of valid tokens): ``clip_frac`` (the clipped branch is active
 ``clip_frac_low`` (r < 1 - clip_low with A < 0), ``clip_frac_high`` (r > 1 + clip_high with A > 0;
 the two add up to ``clip_frac``), ``dual_clip_frac`` (the dual bound is active; verl calls this
 ``pg_clipfrac_lower``) and ``approx_kl`` = mean of ``log pi_old - log pi`` (verl's ``ppo_kl``).
+
+Clipping-bias diagnostics by sign of the advantage ("Exploration v.s. Exploitation", arXiv
+2512.16912: under spurious rewards the clipping bias lowers the entropy; the clip-high side lowers
+it and the clip-low side raises it, arXiv 2509.26114). Among the valid tokens with ``A > 0``:
+``clip/pos_high_frac`` (``r > 1 + clip_high``: clipped, no gradient) and ``clip/pos_low_frac``
+(``r < 1 - clip_low``: outside the range but not clipped); among those with ``A < 0``:
+``clip/neg_low_frac`` (``r < 1 - clip_low``: clipped) and ``clip/neg_high_frac``
+(``r > 1 + clip_high``: not clipped; the dual clip's region); and the shares of valid tokens with
+each sign, ``clip/pos_frac`` and ``clip/neg_frac`` (``clip_frac_high = pos_high_frac * pos_frac``,
+``clip_frac_low = neg_low_frac * neg_frac``). A sign without tokens gives 0. Every loss built on
+:func:`clipped_surrogate` (ppo_clip, gspo, lp_reg, hapo_h, cj_grpo) logs them; they change no loss.
 """
 
 from __future__ import annotations
@@ -50,6 +61,30 @@ def check_clip(who: str, clip_low: float, clip_high: float) -> None:
         raise ConfigError(f"{who}: need 0 <= clip_low <= 1 and clip_high >= 0, got {clip_low}, {clip_high}")
 
 
+def share_of(selected: Tensor, among: Tensor) -> float:
+    """Fraction of the ``among`` tokens that are ``selected`` (bool tensors), 0.0 when ``among`` is empty."""
+    count = among.sum()
+    return float((selected & among).sum() / count) if count > 0 else 0.0
+
+
+def clip_bias_metrics(
+    ratio: Tensor, advantages: Tensor, mask: Tensor, clip_low: float | Tensor, clip_high: float | Tensor
+) -> dict[str, float]:
+    """Ratios beyond each clip bound, by sign of the advantage (see the module docstring)."""
+    with torch.no_grad():
+        valid = mask > 0
+        pos, neg = valid & (advantages > 0), valid & (advantages < 0)
+        above, below = ratio > 1.0 + clip_high, ratio < 1.0 - clip_low
+        return {
+            "clip/pos_high_frac": share_of(above, pos),
+            "clip/pos_low_frac": share_of(below, pos),
+            "clip/neg_low_frac": share_of(below, neg),
+            "clip/neg_high_frac": share_of(above, neg),
+            "clip/pos_frac": share_of(pos, valid),
+            "clip/neg_frac": share_of(neg, valid),
+        }
+
+
 def clipped_surrogate(
     ratio: Tensor,
     advantages: Tensor,
@@ -68,6 +103,7 @@ def clipped_surrogate(
         "clip_frac_low": masked_float(is_clipped * (advantages < 0), mask),
         "clip_frac_high": masked_float(is_clipped * (advantages > 0), mask),
         "dual_clip_frac": 0.0,
+        **clip_bias_metrics(ratio, advantages, mask, clip_low, clip_high),
     }
     if clip_ratio_c is not None:
         bound = -advantages * clip_ratio_c

@@ -21,11 +21,13 @@ Our definitions [INFERENCE], both in log space so their difference is scale-free
 (which still matters, the advantages no longer sum to 0). Default ``alpha = 0.1`` (unknown; the
 summaries suggest trying 0.1-1).
 
-**Input the trainer must provide** (``prompt_term=True``, the default): ``ctx.extras["prompt_logprobs"]``,
-a ``(B, P)`` float tensor of the log-prob of each prompt token given the tokens before it under the
-rollout policy (a no-grad forward over the prompt), with ``ctx.extras["prompt_mask"]`` ``(B, P)``
-(1 on the prompt tokens that have a log-prob, i.e. all but the first). Absent: MissingInputError.
-``prompt_term=False`` drops ``c(q)`` (``A_i - alpha c(o_i|q)``), which needs nothing new.
+**Input** (``prompt_term=True``, the default): ``ctx.extras["prompt_logprobs"]``, a ``(B, P)`` float
+tensor of the log-prob of each prompt token given the tokens before it under the rollout policy,
+with ``ctx.extras["prompt_mask"]`` ``(B, P)`` (1 on the prompt tokens that have a log-prob, i.e. all
+but the first); the trainer fills both with a no-grad forward over each distinct prompt
+(:class:`rlvr.ops.forward.PromptLogProbs`, requested by ``prompt_logprobs`` in ``requires``). Absent:
+MissingInputError. ``prompt_term=False`` drops ``c(q)`` (``A_i - alpha c(o_i|q)``); the prompt forward
+still runs (``requires`` is fixed per method).
 
 Metrics: ``progrpo/prompt_confidence``, ``progrpo/answer_confidence``, ``progrpo/shift_mean`` (mean
 ``alpha (c(q) - c(o|q))`` over re-weighted responses), ``progrpo/reweighted_frac``.
@@ -76,7 +78,7 @@ def prompt_confidence(ctx: AlgoContext, who: str) -> Tensor:
     return values.sum(-1) / valid.sum(-1).clamp(min=1).to(values.dtype)
 
 
-@advantage.register("progrpo", requires=PROGRPO_REQUIRES)
+@advantage.register("progrpo", requires=(*PROGRPO_REQUIRES, "prompt_logprobs"))
 class ProGrpo(WrapsBase):
     """ProGRPO / ARM (arXiv 2602.05281, confidences inferred): ``A + alpha (c(q) - c(o|q))`` on groups with a correct response.
 

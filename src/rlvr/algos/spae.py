@@ -36,8 +36,8 @@ the probe's; the two coefficients are unknown). Steps: :mod:`rlvr.algos.steps` w
 holding ``Phi`` at every probed step end (the positions :meth:`Spae.probe_positions` returns for the
 batch, i.e. the last token of each step) and NaN elsewhere; a step end without a probe (e.g. the
 final step, which the official code does not probe) gets ``dPhi = 0`` and the potential carries over.
-That needs ``N`` short generations from each step prefix with top-k log-probs (a second generation
-from per-row prefixes); absent: MissingInputError.
+The trainer's probes (:mod:`rlvr.rollout.spae`, knobs ``rollout.spae.*``) provide it whenever the
+advantage is ``spae``; absent: MissingInputError.
 
 Metrics: ``spae/potential_mean`` (over probed steps), ``spae/saturated_frac`` (correct responses that
 saturate), ``spae/checking_frac`` (share of valid tokens down-weighted), ``spae/shaping_abs_mean``.
@@ -147,7 +147,7 @@ class Spae(WrapsBase):
         if not isinstance(potential, Tensor) or tuple(potential.shape) != tuple(ctx.response_mask.shape):
             raise MissingInputError(
                 f"{who} needs ctx.extras['step_potential'], a (B, T) tensor of the probed step potential Phi at each "
-                "step end (NaN elsewhere); the trainer must run the probes (see rlvr.algos.spae)"
+                "step end (NaN elsewhere); the trainer must run the probes (see rlvr.rollout.spae)"
             )
         base = self.base(ctx)
         dtype = torch.promote_types(base.dtype, torch.float32)

@@ -20,10 +20,13 @@ once per step on the whole rollout batch (``prepare``), so micro-batches may spl
 **t1_anchor** (stage: controller). Every ``every`` steps (after the update) the KL reference is moved
 to the current policy: ``ref <- mix * pi + (1 - mix) * ref`` parameter-wise (``mix = 1``: reset, the
 default; ``mix < 1``: TRL's ``ref_model_mixup_alpha`` style EMA), so the ``kl`` regularizer keeps the
-policy near a moving anchor rather than the initial model. **The trainer must provide**
+policy near a moving anchor rather than the initial model. **The trainer provides**
 ``ctx.extras["refresh_reference"]``: a callable ``refresh(mix: float) -> None`` that applies
-:func:`mix_parameters_` to the reference model's and the policy's parameters (with LoRA: to the
-adapter-disabled reference); without it the controller raises MissingInputError at the first step.
+:func:`mix_parameters_` to the reference model's and the policy's parameters (rlvr's learner:
+``Learner.refresh_reference``, shard by shard under FSDP2; it needs a reference model, i.e. a method
+reading ``ref_logprobs`` such as ``kl``, and full fine-tuning: with LoRA the reference is the
+adapter-disabled policy and cannot move); without the callable the controller raises
+MissingInputError at the first step.
 Defaults ``every = 100``, ``mix = 1.0`` (the paper's period was not retrieved).
 
 Metrics: ``t1_oversample/kept_frac``, ``t1_oversample/kept_positive_frac``; ``t1_anchor/refreshed``,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from math import comb
 from typing import Hashable, Iterable, Sequence
 
@@ -54,6 +55,44 @@ def maj_at_k(answers: Sequence[Hashable | None], correct: Sequence[bool | float]
 def distinct_answers(answers: Iterable[Hashable | None]) -> int:
     """How many different non-``None`` answers there are."""
     return len({a for a in answers if a is not None})
+
+
+def answer_entropy(answers: Sequence[Hashable | None]) -> float:
+    """Answer-level entropy of one prompt's samples, ``H = -sum_a p_a ln p_a`` in nats.
+
+    ``p_a = n_a / n``: the empirical distribution of the extracted final answers of the ``n``
+    samples (the distribution EMPO and SEED-GRPO cluster; The Invisible Leash, arXiv 2507.14843,
+    contrasts it with token-level entropy). A sample without an answer (``None``) counts as an
+    answer of its own, so unknown answers never agree: ``n`` different answers, or ``n`` samples
+    without one, give ``ln n``; one answer shared by all gives 0. 0.0 when there are no samples.
+    """
+    from rlvr.algos.seed_grpo import cluster_sizes, semantic_entropy
+
+    return semantic_entropy(cluster_sizes(list(answers), "singleton"), "shannon")
+
+
+def empirical_support(keys: Sequence[Hashable | None], correct: Sequence[bool | float], min_frac: float = 0.0) -> set[Hashable]:
+    """The empirical support of one prompt: the distinct keys of its correct samples.
+
+    ``keys[i]`` is what identifies sample ``i``'s solution (its extracted answer, or its response
+    text), ``correct[i]`` whether it verified (a score counts as correct at >= 1). With
+    ``min_frac = eps > 0`` a key is kept only when at least ``eps * n`` of the ``n`` samples are
+    correct with that key (the stricter "frequency >= eps" support). ``None`` keys are never in it.
+    (Definition inferred from the abstract and reviews of The Invisible Leash, arXiv 2507.14843; the
+    paper's own thresholds were not available.)
+    """
+    if len(keys) != len(correct):
+        raise ValueError(f"empirical_support: {len(keys)} keys but {len(correct)} correctness flags")
+    if not 0.0 <= min_frac <= 1.0:
+        raise ValueError(f"empirical_support needs 0 <= min_frac <= 1, got {min_frac}")
+    counts = Counter(k for k, ok in zip(keys, correct) if k is not None and float(ok) >= 1.0)
+    return {k for k, c in counts.items() if c >= min_frac * len(keys)}
+
+
+def support_change(base: set[Hashable], new: set[Hashable]) -> dict[str, int]:
+    """How ``new`` support differs from ``base`` support: ``preserved`` = |base & new|,
+    ``shrunk`` = |base - new| (reached by the base model only), ``expanded`` = |new - base|."""
+    return {"preserved": len(base & new), "shrunk": len(base - new), "expanded": len(new - base)}
 
 
 def ngrams(tokens: Sequence[Hashable], n: int) -> list[tuple[Hashable, ...]]:

@@ -45,13 +45,16 @@ import torch
 from rlvr.errors import ConfigError
 from rlvr.eval.metrics import (
     accuracy_per_1k_tokens,
+    answer_entropy,
     avg_at_n,
     default_ks,
     distinct_answers,
     distinct_n,
+    empirical_support,
     maj_at_k,
     pass_at_k,
     percentile,
+    support_change,
 )
 from rlvr.rollout.engines import build_engine
 from rlvr.rollout.stage import Sampling, sample_and_score
@@ -298,15 +301,11 @@ RESUME_KEYS = (
 """Settings that must match for a run to continue an existing results file."""
 
 
-def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    """Records of a results file by prompt id. A torn last line (a crash mid-write) is dropped and
-    the file rewritten without it, so appending continues on a clean line."""
-    if not path.exists():
-        return {}
+def parse_results(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """Records of a results file by prompt id and the number of unreadable lines (the file is only read)."""
     records: dict[str, dict[str, Any]] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
     bad = 0
-    for line in lines:
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         try:
@@ -318,7 +317,17 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
             records[str(record["id"])] = record
         else:
             bad += 1
-    if bad or (lines and not path.read_bytes().endswith(b"\n")):
+    return records, bad
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Records of a results file by prompt id. A torn last line (a crash mid-write) is dropped and
+    the file rewritten without it, so appending continues on a clean line."""
+    if not path.exists():
+        return {}
+    records, bad = parse_results(path)
+    raw = path.read_bytes()
+    if bad or (raw and not raw.endswith(b"\n")):
         with path.open("w", encoding="utf-8") as handle:
             for record in records.values():
                 handle.write(json.dumps(record) + "\n")
@@ -369,6 +378,9 @@ def summarize(records: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str,
     samples (ties: mean score of the tied answers). avg@n: mean correctness. Lengths are in tokens
     (EOS included); ``entropy/mean`` is token-weighted, its percentiles are over per-response means.
     ``distinct_<j>`` is distinct-j of a prompt's ``n`` responses (model tokens), averaged over prompts.
+    ``answers/entropy`` is the answer-level entropy (nats) of a prompt's extracted answers
+    (:func:`rlvr.eval.metrics.answer_entropy`), averaged over prompts: next to the token-level
+    ``entropy/mean`` it shows whether uncertain tokens still end in few distinct answers.
     """
     correct = [[bool(c) for c in r["correct"]] for r in records]
     lengths = [int(x) for r in records for x in r["lengths"]]
@@ -400,11 +412,87 @@ def summarize(records: list[dict[str, Any]], n: int, ks: list[int]) -> dict[str,
     out["answers/distinct_mean"] = _mean([float(distinct_answers(a)) for a in answers])
     out["answers/distinct_frac"] = _mean([distinct_answers(a) / len(a) for a in answers if a])
     out["answers/none_frac"] = _mean([float(x is None) for a in answers for x in a])
+    out["answers/entropy"] = _mean([answer_entropy(a) for a in answers])
     for key in sorted({k for r in records for k in r.get("diversity", {})}):
         out[key] = _mean([float(r["diversity"][key]) for r in records if key in r.get("diversity", {})])
     out["tokens/total"] = float(sum(lengths))
     out["accuracy_per_1k_tokens"] = accuracy_per_1k_tokens(sum(flat_correct), sum(lengths))
     return out
+
+
+SUPPORT_KEYS: dict[str, Callable[[dict[str, Any]], list[Any]]] = {
+    "answer": lambda record: list(record["answers"]),
+    "response": lambda record: [" ".join(str(text).split()) or None for text in record["responses"]],
+}
+"""What identifies a sample's solution in the support comparison: its extracted answer, or its whole
+response (whitespace-normalised): distinct correct answers vs distinct correct completions."""
+
+
+def compare_to_base(
+    records: list[dict[str, Any]], base_records: list[dict[str, Any]], min_frac: float = 0.0
+) -> dict[str, float]:
+    """Empirical-support change of this model against a base model's samples of the same prompts.
+
+    The Invisible Leash (arXiv 2507.14843) reports that RLVR raises pass@1 while, at large
+    sampling budgets, the *shrinkage* of the base model's empirical support outweighs its
+    *expansion*. Per prompt (matched by id), the support of each model is
+    :func:`rlvr.eval.metrics.empirical_support` of its samples, with solutions identified by the
+    extracted answer (``support/answer/*``) or by the whole response (``support/response/*``);
+    summed over prompts:
+
+    * ``base``, ``model``: total support sizes; ``preserved`` = sum |S_base & S|, ``shrunk`` =
+      sum |S_base - S|, ``expanded`` = sum |S - S_base|;
+    * ``preservation`` = preserved / base (NaN when the base support is empty).
+
+    And per prompt (solved = at least one correct sample): ``support/prompts_both``,
+    ``support/prompts_base_only`` (solved by the base model only), ``support/prompts_model_only``,
+    ``support/prompts_neither``, over the ``support/prompts`` common prompts.
+
+    [INFERENCE] These definitions follow the abstract and secondary summaries of the paper (its
+    exact support thresholds and k values were not available): ``min_frac`` is the optional
+    frequency threshold; the two sample counts should be equal for a fair comparison.
+    """
+    base_by_id = {str(r["id"]): r for r in base_records}
+    pairs = [(r, base_by_id[str(r["id"])]) for r in records if str(r["id"]) in base_by_id]
+    out: dict[str, float] = {"support/prompts": float(len(pairs))}
+    for unit, keys_of in SUPPORT_KEYS.items():
+        totals = {"base": 0, "model": 0, "preserved": 0, "shrunk": 0, "expanded": 0}
+        for record, base in pairs:
+            new_support = empirical_support(keys_of(record), record["correct"], min_frac)
+            base_support = empirical_support(keys_of(base), base["correct"], min_frac)
+            totals["base"] += len(base_support)
+            totals["model"] += len(new_support)
+            for key, value in support_change(base_support, new_support).items():
+                totals[key] += value
+        out.update({f"support/{unit}/{key}": float(value) for key, value in totals.items()})
+        out[f"support/{unit}/preservation"] = totals["preserved"] / totals["base"] if totals["base"] else float("nan")
+    solved = [(any(r["correct"]), any(b["correct"])) for r, b in pairs]
+    out["support/prompts_both"] = float(sum(m and b for m, b in solved))
+    out["support/prompts_base_only"] = float(sum(b and not m for m, b in solved))
+    out["support/prompts_model_only"] = float(sum(m and not b for m, b in solved))
+    out["support/prompts_neither"] = float(sum(not m and not b for m, b in solved))
+    return out
+
+
+def read_base_results(path: str | Path) -> tuple[Path, list[dict[str, Any]], dict[str, Any]]:
+    """``(results file, records, its eval_config.json or {})`` of a base model's eval: ``path`` is an
+    ``rlvr eval`` output directory or its ``results.jsonl``. Read only (a torn line is skipped)."""
+    given = Path(path)
+    results = given / RESULTS_FILE if given.is_dir() else given
+    if not results.is_file():
+        raise ConfigError(f"--base-results: no {RESULTS_FILE} at '{path}' (give an rlvr eval output directory)")
+    records, _bad = parse_results(results)
+    if not records:
+        raise ConfigError(f"--base-results: {results} holds no results")
+    try:
+        settings = json.loads((results.parent / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settings = {}
+    return results, list(records.values()), settings if isinstance(settings, dict) else {}
+
+
+BASE_COLUMNS = ("accuracy", "pass@{n}", "entropy/mean", "answers/entropy", "answers/distinct_mean")
+"""Metrics shown side by side for the base model and this one (``{n}``: the smaller sample count)."""
 
 
 def _json_safe(value: Any) -> Any:
@@ -443,6 +531,25 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in summary["metrics"].items()]
+    base = summary.get("base")
+    if base:
+        n = min(int(base["n"]), int(s["n"]))
+        lines += [
+            "",
+            f"## Against the base model (`{base['results']}`, {base['metrics']['num_prompts']:.0f} common prompts)",
+            "",
+            "| metric | base | this model |",
+            "|---|---|---|",
+        ]
+        for column in BASE_COLUMNS:
+            key = column.format(n=n)
+            lines.append(f"| {key} | {_fmt(base['metrics'].get(key))} | {_fmt(base['model_metrics'].get(key))} |")
+        lines += [
+            "",
+            "support/*: distinct correct answers (or responses) per prompt, summed over the common prompts: "
+            "preserved = in both, shrunk = base model only, expanded = this model only (The Invisible Leash, "
+            "arXiv 2507.14843; definitions inferred from its abstract).",
+        ]
     lines += [
         "",
         "pass@k: unbiased estimator (Chen et al. 2021). maj@k: majority vote of the extracted answers of the "
@@ -455,6 +562,45 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # The evaluation loop
+
+
+def _base_summary(
+    final: list[dict[str, Any]],
+    n: int,
+    ks: list[int],
+    base: tuple[Path, list[dict[str, Any]], dict[str, Any]],
+    settings: dict[str, Any],
+    console: Any,
+) -> dict[str, Any]:
+    """The base model's summary and this model's over their common prompts (warnings for unequal settings)."""
+    from rich.markup import escape
+
+    path, base_records, base_settings = base
+    base_ids = {str(r["id"]) for r in base_records}
+    common = [r for r in final if str(r["id"]) in base_ids]
+    common_ids = {str(r["id"]) for r in common}
+    base_common = [r for r in base_records if str(r["id"]) in common_ids]
+    base_n = min((len(r["correct"]) for r in base_common), default=n)
+    if any(len(r["correct"]) != base_n for r in base_common):
+        raise ConfigError(f"--base-results: {path} holds prompts with different sample counts")
+    notes = [f"{base_n} base samples per prompt against {n}"] if base_n != n else []
+    notes += [
+        f"{key}={base_settings[key]!r} there, {settings.get(key)!r} here"
+        for key in ("answer_extract", "answer_regex", "temperature", "max_new_tokens")
+        if key in base_settings and base_settings[key] != settings.get(key)
+    ]
+    if not common:
+        notes.append("no prompt id in common")
+    for note in notes:
+        console.print(f"[yellow]warning:[/] --base-results: {escape(note)}; the support comparison is not like for like")
+    shared = sorted({*ks, min(n, base_n)})
+    return {
+        "results": str(path),
+        "n": base_n,
+        "model": base_settings.get("model"),
+        "metrics": summarize(base_common, base_n, [k for k in shared if k <= base_n]),
+        "model_metrics": summarize(common, n, [k for k in shared if k <= n]),
+    }
 
 
 def default_out_dir(model_path: Path, data_name: str) -> Path:
@@ -583,6 +729,8 @@ def evaluate_model(
     progress: bool = True,
     console: Any = None,
     trust_remote_code: bool = False,
+    base_results: str | Path | None = None,
+    support_min_frac: float = 0.0,
 ) -> dict[str, Any]:
     """Sample ``n`` responses per prompt of ``data`` from ``model``, verify them, and summarise.
 
@@ -591,8 +739,13 @@ def evaluate_model(
     be 1; entropies are taken at temperature 1). Writes ``results.jsonl``, ``eval_config.json``,
     ``summary.json`` and ``summary.md`` under ``out_dir`` and returns the summary dict, whose
     ``metrics`` holds accuracy (= avg@n), pass@k and maj@k for ``ks`` (default 1, 2, 4, .. n), length
-    statistics, token entropy, answer diversity and accuracy per 1k tokens. Python code shipped in
-    the model directory runs only with ``trust_remote_code=True``.
+    statistics, token entropy, answer-level entropy, answer diversity and accuracy per 1k tokens.
+    Python code shipped in the model directory runs only with ``trust_remote_code=True``.
+
+    ``base_results`` (another eval's output directory, e.g. of the model before RL, on the same
+    data) adds the empirical-support comparison of :func:`compare_to_base` (``support/*``, with
+    ``support_min_frac`` as its frequency threshold) to ``metrics``, and ``summary["base"]``: the
+    base model's summary and this model's, both over the common prompts, side by side.
     """
     from rich.console import Console
 
@@ -611,6 +764,9 @@ def evaluate_model(
     ks = sorted(set(ks)) if ks else default_ks(n)
     if ks[0] < 1 or ks[-1] > n:
         raise ConfigError(f"--k values must be in 1..n={n}, got {ks}")
+    if not 0.0 <= support_min_frac <= 1.0:
+        raise ConfigError(f"--support-min-frac must be in [0, 1], got {support_min_frac}")
+    base = read_base_results(base_results) if base_results is not None else None
 
     model_path = Path(model) if isinstance(model, (str, Path)) else None
     if model_path is None and tokenizer is None:
@@ -752,6 +908,9 @@ def evaluate_model(
         },
         "results": str(results_path),
     }
+    if base is not None:
+        summary["metrics"].update(compare_to_base(final, base[1], support_min_frac))
+        summary["base"] = _base_summary(final, n, ks, base, settings, console)
     (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, default=str) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     summary["out_dir"] = str(out)

@@ -127,6 +127,7 @@ def reference_forward(
     temperature: float,
     chunk_size: int,
     quantities: tuple = (),
+    token_temperature: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """:func:`rlvr.ops.forward.policy_forward` of the adapter-disabled base model, without grad.
 
@@ -135,7 +136,10 @@ def reference_forward(
     from rlvr.ops.forward import policy_forward
 
     with torch.no_grad(), adapter_disabled(model):
-        return policy_forward(model, batch, temperature=temperature, chunk_size=chunk_size, quantities=quantities)
+        return policy_forward(
+            model, batch, temperature=temperature, chunk_size=chunk_size, quantities=quantities,
+            token_temperature=token_temperature,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,21 @@ UNMASK_STEP = "unmask_step"
 """``extras`` key of a masked-diffusion rollout (:mod:`rlvr.rollout.mdlm`): ``(B, T)`` long, the
 decoding step at which each response position was unmasked (the whole trajectory, with the final tokens)."""
 
+TOKEN_TEMPERATURE = "token_temperature"
+"""``extras`` key: ``(B, T)`` float, the temperature each response token was sampled at (adaptive
+temperature sampling, :mod:`rlvr.rollout.adaptive_temperature`)."""
+SAMPLING_ENTROPY = "sampling_entropy"
+"""``extras`` key: ``(B, T)`` float, the entropy of each response token's next-token distribution at the
+base sampling temperature, measured while decoding."""
+TOP_LOGPROBS = "top_logprobs"
+"""``extras`` key: ``(B, T, k)`` float, the ``k`` largest log-probs of each response position's
+next-token distribution at temperature 1 (the model's raw distribution), in descending order."""
+TOP_IDS = "top_ids"
+"""``extras`` key: ``(B, T, k)`` long, the token ids of :data:`TOP_LOGPROBS`."""
+RESPONSE_EXTRAS: dict[str, float] = {TOKEN_TEMPERATURE: 1.0, SAMPLING_ENTROPY: 0.0, TOP_LOGPROBS: 0.0, TOP_IDS: 0}
+"""``extras`` aligned with the response positions (second dimension ``T``) and their padding value:
+:func:`concat_batches` right-pads them to the merged response width."""
+
 
 @dataclass
 class RolloutBatch:
@@ -74,8 +89,9 @@ def response_mask_from_ids(response_ids: Tensor, eos_token_id: int | list[int]) 
 def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
     """Stack rollout batches of different prompt/response widths (prompts left-, responses right-padded).
 
-    Group ids are renumbered so groups of different batches stay distinct. ``extras`` are
-    concatenated as they are: every batch must hold the same keys, with equal shapes after the first
+    Group ids are renumbered so groups of different batches stay distinct. Every batch must hold the
+    same ``extras`` keys; the response-aligned ones (:data:`RESPONSE_EXTRAS`) are right-padded to
+    the merged width, the others concatenated as they are, with equal shapes after the first
     dimension (a masked-diffusion rollout's are ``(B, max_new_tokens)``).
     """
     keys = set(batches[0].extras)
@@ -102,5 +118,26 @@ def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBat
         responses=[r for b in batches for r in b.responses],
         truncated=torch.cat([b.truncated for b in batches]),
         group_ids=torch.cat(group_ids),
-        extras={key: torch.cat([b.extras[key] for b in batches]) for key in sorted(keys)},
+        extras={key: torch.cat([_pad_extra(b, key, width) for b in batches]) for key in sorted(keys)},
     )
+
+
+def _pad_extra(batch: RolloutBatch, key: str, width: int) -> Tensor:
+    """``batch.extras[key]``, right-padded along the response axis to ``width`` if it is response-aligned."""
+    value = batch.extras[key]
+    if key not in RESPONSE_EXTRAS or value.shape[1] == width:
+        return value
+    pad = [0, 0] * (value.dim() - 2) + [0, width - value.shape[1]]
+    return torch.nn.functional.pad(value, pad, value=RESPONSE_EXTRAS[key])
+
+
+def left_pad(rows: list[list[int]], pad_token_id: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """``(input_ids, attention_mask)`` of token-id lists left-padded with ``pad_token_id`` to the longest."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)

@@ -30,21 +30,41 @@ sampled sequences for a given seed differ from ``generate``'s.
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rlvr.models.architecture import is_full_attention_llama, unwrap_peft
 from rlvr.ops.logprobs import default_position_ids
+from rlvr.rollout.base import SAMPLING_ENTROPY, TOKEN_TEMPERATURE, TOP_IDS, TOP_LOGPROBS
 
 COMPACT_FRACTION = 0.75
 """The cache is compacted when the running rows fall to this fraction of the rows it holds."""
+
+TemperatureFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""Per-token temperature: raw next-token logits ``(B, V)`` (float32) -> ``(temperature, entropy)``, each
+``(B,)``: the temperature to sample each row at and the entropy it was derived from (recorded)."""
+
+
+class Decoded(NamedTuple):
+    """Response ids ``(B, T)`` and what :meth:`KVDecoder.decode` recorded per response position."""
+
+    ids: Tensor
+    extras: dict[str, Tensor]
+
+
+def top_logprob_list(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``(values, ids)`` ``(B, k)``: the ``k`` largest log-probs of ``softmax(logits)`` (temperature 1), descending."""
+    values, ids = torch.topk(logits.float().log_softmax(-1), min(k, logits.shape[-1]), dim=-1)
+    return values, ids
 
 
 def warp_logits(
     logits: Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float | Tensor = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     suppress_ids: list[int] | None = None,
@@ -53,11 +73,12 @@ def warp_logits(
 
     Removed entries are ``-inf``. ``top_k=0`` and ``top_p=1`` switch those filters off; top-p keeps
     the smallest set of tokens whose probability mass exceeds ``top_p`` (at least one token).
+    ``temperature`` may be a ``(B, 1)`` tensor: one temperature per row.
     """
     scores = logits.float()
     if suppress_ids:
         scores = scores.index_fill(-1, torch.tensor(suppress_ids, device=scores.device), float("-inf"))
-    if temperature != 1.0:
+    if isinstance(temperature, Tensor) or temperature != 1.0:
         scores = scores / temperature
     if top_k and top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
@@ -200,8 +221,18 @@ class KVDecoder:
         logits = self._forward(input_ids, positions, cache, 0, bias)
         return cache, logits, positions[:, -1] + 1
 
+    def sample(self, input_ids: Tensor, attention_mask: Tensor, **options: Any) -> Tensor:
+        """Response ids ``(B * n, T)`` (``T <= max_new_tokens``; pad after each row's EOS): :meth:`decode`'s ids.
+
+        Each of the ``B`` left-padded prompts is prefilled once and its cache copied to its ``n``
+        sampled rows (rows ``i*n .. i*n+n-1`` continue prompt ``i``). Prompts of different lengths
+        (e.g. a prompt followed by a prefix of an earlier response) continue at their own next
+        position: positions count the real tokens only.
+        """
+        return self.decode(input_ids, attention_mask, **options).ids
+
     @torch.no_grad()
-    def sample(
+    def decode(
         self,
         input_ids: Tensor,
         attention_mask: Tensor,
@@ -215,11 +246,16 @@ class KVDecoder:
         top_p: float = 1.0,
         greedy: bool = False,
         suppress_ids: list[int] | None = None,
-    ) -> Tensor:
-        """Response ids ``(B * n, T)`` (``T <= max_new_tokens``; pad after each row's EOS).
+        temperature_fn: TemperatureFn | None = None,
+        top_logprobs: int = 0,
+    ) -> Decoded:
+        """Sample continuations (see :meth:`sample`), with per-position records in ``extras`` (each ``(B * n, T, ...)``).
 
-        Each of the ``B`` left-padded prompts is prefilled once and its cache copied to its ``n``
-        sampled rows (rows ``i*n .. i*n+n-1`` continue prompt ``i``).
+        ``temperature_fn`` (see :data:`TemperatureFn`) sets each row's temperature at every step from
+        that step's raw logits, in place of ``temperature``; the temperatures and entropies are
+        recorded (:data:`~rlvr.rollout.base.TOKEN_TEMPERATURE`, :data:`~rlvr.rollout.base.SAMPLING_ENTROPY`).
+        ``top_logprobs = k > 0`` records the ``k`` largest raw log-probs of every step and their ids
+        (:data:`~rlvr.rollout.base.TOP_LOGPROBS`, :data:`~rlvr.rollout.base.TOP_IDS`).
         """
         prompts, prompt_len = input_ids.shape
         device = input_ids.device
@@ -231,12 +267,31 @@ class KVDecoder:
             cache, logits, next_pos = cache.select(copies), logits[copies], next_pos[copies]
         total = prompts * n
         out = torch.full((total, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+        records: dict[str, Tensor] = {}
+        if temperature_fn is not None:
+            records[TOKEN_TEMPERATURE] = torch.full((total, max_new_tokens), float(temperature), device=device)
+            records[SAMPLING_ENTROPY] = torch.zeros(total, max_new_tokens, device=device)
+        if top_logprobs > 0:
+            k = min(top_logprobs, logits.shape[-1])
+            records[TOP_LOGPROBS] = torch.zeros(total, max_new_tokens, k, device=device)
+            records[TOP_IDS] = torch.zeros(total, max_new_tokens, k, dtype=torch.long, device=device)
         rows = torch.arange(total, device=device)  # original row of each cache row
         done = torch.zeros(total, dtype=torch.bool, device=device)
         length = 0
         for step in range(max_new_tokens):
             live = (~done).nonzero().squeeze(1)
-            scores = warp_logits(logits[live], temperature=1.0 if greedy else temperature, top_k=0 if greedy else top_k,
+            raw = logits[live]
+            step_temperature: float | Tensor = temperature
+            if temperature_fn is not None:
+                temps, entropy = temperature_fn(raw.float())
+                records[TOKEN_TEMPERATURE][rows[live], step] = temps
+                records[SAMPLING_ENTROPY][rows[live], step] = entropy
+                step_temperature = temps.unsqueeze(-1)
+            if top_logprobs > 0:
+                values, ids = top_logprob_list(raw, top_logprobs)
+                records[TOP_LOGPROBS][rows[live], step] = values
+                records[TOP_IDS][rows[live], step] = ids
+            scores = warp_logits(raw, temperature=1.0 if greedy else step_temperature, top_k=0 if greedy else top_k,
                                  top_p=1.0 if greedy else top_p, suppress_ids=suppress_ids)  # fmt: skip
             sampled = scores.argmax(-1) if greedy else sample_categorical(scores.softmax(-1))
             out[rows[live], step] = sampled
@@ -252,4 +307,4 @@ class KVDecoder:
             bias = cache.key_bias[:, None, None, None, : slot + 1]
             logits = self._forward(tokens[:, None], next_pos[:, None], cache, slot, bias, table)
             next_pos = next_pos + 1
-        return out[:, :length]
+        return Decoded(out[:, :length], {key: value[:, :length] for key, value in records.items()})

@@ -38,9 +38,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rlvr.errors import ConfigError
-from rlvr.rollout.base import RolloutBatch
-from rlvr.rollout.hf import decode_responses, format_prompts, special_ids_to_suppress
-from rlvr.tasks.base import Problem
+from rlvr.rollout.base import TOP_IDS, TOP_LOGPROBS, RolloutBatch
+from rlvr.rollout.hf import ADAPTIVE_NEEDS_KV, TokenIdEngine, decode_responses, special_ids_to_suppress
 
 VLLM_MISSING = (
     "rollout.backend=vllm needs the optional extra: pip install 'rlvr[vllm]' "
@@ -114,6 +113,20 @@ def assemble_batch(
     return RolloutBatch(input_ids, attention, prompt_len, response_mask, responses, truncated, group_ids)
 
 
+def top_lists(per_row: Sequence[Sequence[dict[int, Any]]], k: int, width: int) -> dict[str, torch.Tensor]:
+    """:data:`~rlvr.rollout.base.TOP_LOGPROBS` / :data:`~rlvr.rollout.base.TOP_IDS` ``(B, width, k)`` from
+    vLLM's per-position ``{token_id: Logprob}`` dicts (the ``k`` largest of each; the sampled token,
+    which vLLM adds when it is not among them, is dropped when it ranks below ``k``)."""
+    values = torch.zeros(len(per_row), width, k)
+    ids = torch.zeros(len(per_row), width, k, dtype=torch.long)
+    for row, positions in enumerate(per_row):
+        for t, entries in enumerate(list(positions)[:width]):
+            ranked = sorted(((float(getattr(lp, "logprob", lp)), int(tid)) for tid, lp in (entries or {}).items()), reverse=True)[:k]
+            for j, (value, tid) in enumerate(ranked):
+                values[row, t, j], ids[row, t, j] = value, tid
+    return {TOP_LOGPROBS: values, TOP_IDS: ids}
+
+
 def _full(value: torch.Tensor) -> torch.Tensor:
     """A parameter's full tensor (a sharded FSDP2 DTensor is all-gathered; every rank must call this)."""
     gather = getattr(value, "full_tensor", None)
@@ -166,7 +179,7 @@ def _refresh_tied_lm_head(model: Any) -> None:
         process(lm_head)
 
 
-class VLLMRollout:
+class VLLMRollout(TokenIdEngine):
     """Sampling with a vLLM ``LLM`` engine on a local model directory (see the module docstring)."""
 
     name = "vllm"
@@ -223,7 +236,9 @@ class VLLMRollout:
             llm = vllm.LLM(**kwargs)
         self.llm = llm
 
-    def _sampling_params(self, n: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int, greedy: bool) -> Any:
+    def _sampling_params(
+        self, n: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int, greedy: bool, top_logprobs: int = 0
+    ) -> Any:
         kwargs: dict[str, Any] = dict(
             n=n,
             max_tokens=max_new_tokens,
@@ -234,6 +249,8 @@ class VLLMRollout:
             seed=int(torch.randint(0, 2**31 - 1, (1,)).item()),  # reproducible under the trainer's torch seed
             detokenize=False,
         )
+        if top_logprobs > 0:
+            kwargs["logprobs"] = top_logprobs
         suppress = special_ids_to_suppress(self.tokenizer)
         if suppress:
             kwargs["logit_bias"] = {i: -100.0 for i in suppress}
@@ -245,10 +262,10 @@ class VLLMRollout:
             return self._sampling_params_cls(**kwargs)
 
     @torch.no_grad()
-    def generate(
+    def generate_from_ids(
         self,
         model: Any,
-        prompts: Sequence[str | Problem],
+        prompt_ids: Sequence[Sequence[int]],
         *,
         n: int,
         max_new_tokens: int,
@@ -256,26 +273,38 @@ class VLLMRollout:
         top_p: float = 1.0,
         top_k: int = 0,
         greedy: bool = False,
+        temperature_fn: Any = None,
+        top_logprobs: int = 0,
     ) -> RolloutBatch:
-        """``n`` responses per prompt from the engine's weights (``model`` only fixes the output device)."""
-        texts = format_prompts(self.tokenizer, prompts, self.chat_template)
-        prompt_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        params = self._sampling_params(n, max_new_tokens, temperature, top_p, top_k, greedy)
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        """``n`` continuations of each token-id prompt (a prompt, possibly followed by a response prefix).
+
+        The ids go to vLLM as they are (``prompt_token_ids``), so a continuation starts exactly after
+        the prefix. ``top_logprobs = k`` asks vLLM for the ``k`` largest log-probs of every generated
+        position (vLLM's ``logprobs`` sampling parameter; raw, i.e. before temperature, in vLLM V1's
+        default ``logprobs_mode``). Per-token temperatures (``temperature_fn``) are refused: vLLM
+        samples a request at one temperature (HAPO-H patches vLLM's sampler for it).
+        """
+        if temperature_fn is not None:
+            raise ConfigError(ADAPTIVE_NEEDS_KV)
+        params = self._sampling_params(n, max_new_tokens, temperature, top_p, top_k, greedy, top_logprobs)
+        outputs = self.llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params, use_tqdm=False)
         responses: list[list[int]] = []
+        tops: list[list[dict[int, Any]]] = []
         for out in outputs:
             completions = sorted(out.outputs, key=lambda c: getattr(c, "index", 0))
             if len(completions) != n:
                 raise RuntimeError(f"vLLM returned {len(completions)} completions for a prompt, expected {n}")
             responses.extend(list(c.token_ids) for c in completions)
+            tops.extend(list(getattr(c, "logprobs", None) or []) for c in completions)
         batch = assemble_batch(self.tokenizer, prompt_ids, responses, n, max_new_tokens)
+        if top_logprobs > 0:
+            batch.extras.update(top_lists(tops, top_logprobs, batch.response_mask.shape[1]))
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
-        if device.type != "cpu":
-            batch = RolloutBatch(
-                batch.input_ids.to(device), batch.attention_mask.to(device), batch.prompt_len,
-                batch.response_mask.to(device), batch.responses, batch.truncated.to(device), batch.group_ids.to(device),
-            )  # fmt: skip
-        return batch
+        if device.type == "cpu":
+            return batch
+        from rlvr.rollout.stage import batch_to
+
+        return batch_to(batch, device)
 
     def sleep(self) -> None:
         """Free the engine's GPU memory for the update (sleep level 1: weights offloaded, KV cache dropped)."""

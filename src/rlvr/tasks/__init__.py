@@ -1,7 +1,8 @@
 """Verifiable tasks: problem sources with exact scorers, registered by name.
 
 Built-ins: ``countdown`` (default; tiny char-level model), ``arithmetic``, ``math_jsonl`` (local
-math datasets scored with math-verify) and ``reasoning_gym`` (optional ``reasoning-gym`` package).
+math datasets scored with math-verify), ``reasoning_gym`` (optional ``reasoning-gym`` package) and
+``subset`` (stored problems repeated, e.g. 1-shot RLVR's selected example, scored by a base task).
 Register your own with ``@tasks.register("name")`` on a class whose ``__init__`` keyword arguments
 are its knobs.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlvr.tasks import arithmetic, countdown, gym, math  # noqa: F401 - registers the built-ins
+from rlvr.tasks import arithmetic, countdown, gym, math, subset  # noqa: F401 - registers the built-ins
 from rlvr.tasks.base import Problem, Task, tasks
 
 

@@ -165,8 +165,73 @@ class MDLMDecodingConfig(Strict):
     eos_gamma_max: float = Field(1.0, gt=0, le=1, description="EOSER factor the schedule rises to; both 1 = EOSER off")
 
 
+class AdaptiveTemperatureConfig(Strict):
+    """HAPO-H adaptive temperature sampling (arXiv 2509.16591; rlvr.rollout.adaptive_temperature):
+    token t is sampled at ``T (1 + tau clip(h^_t, -1, 1))``, ``h^_t`` the normalised entropy of its
+    distribution under the previous step's rollout-entropy statistics (rlvr's KV-cache loop only)."""
+
+    enabled: bool = False
+    tau: float = Field(0.05, ge=0, lt=1, description="range of the temperature change (official 0.05; Qwen collapses with more)")
+    pivot: float = Field(0.8, ge=0, le=1, description="quantile of the log-entropies the normaliser centres on")
+    official_sign: bool = Field(False, description="the released code's unsigned h^ below the pivot (see rlvr.algos.hapo_h)")
+    logprob_temperature: Literal["sampled", "base"] = Field(
+        "sampled",
+        description="temperature of the old/current/reference log-probs: sampled = each token's recorded T_t (the "
+        "first update is on-policy); base = rollout.temperature, as the official code (verl recomputes at T)",
+    )
+
+
+class CUREConfig(Strict):
+    """CURE stage 1, critical-token re-concatenation (official bytedance/CURE; rlvr.rollout.cure): each of
+    the ``group_size`` first-pass responses is branched at one of its highest-entropy positions and
+    continued ``n2`` times; the group trains on all ``group_size * (1 + n2)`` responses."""
+
+    enabled: bool = False
+    n2: int = Field(3, ge=1, description="continuations per first-pass response")
+    top_k: int = Field(20, ge=1, description="the branch point is drawn uniformly among this many highest-entropy valid positions")
+    min_token_chars: int = Field(
+        2, ge=0, description="a branch token must decode (stripped) to at least this many characters (official 2; 0 = any; "
+        "a character tokenizer needs 0 or 1)"
+    )
+    skip_special: bool = Field(True, description="never branch at a special token (EOS included)")
+    score: Literal["full", "continuation"] = Field(
+        "full", description="what the verifier reads for a continuation: prefix + continuation, or the continuation alone "
+        "(official: verl scores the response tokens only, i.e. the continuation)"
+    )
+
+
+class SPAEProbeConfig(Strict):
+    """SPAE's step probes (official cii030/SPAE-RL ``inference/probe_mechanism_example.py``; rlvr.rollout.spae),
+    run when the advantage is ``spae``: ``samples`` short continuations after ``prompt`` at every step end."""
+
+    samples: int = Field(5, ge=1, description="probe continuations per step end (N)")
+    temperature: float = Field(0.6, gt=0)
+    max_new_tokens: int = Field(10, ge=1)
+    top_logprobs: int = Field(20, ge=1, description="size of each position's log-prob list the probe reads")
+    prompt: str = Field("**Final Answer**\n\\boxed{", description="text appended after the step prefix")
+    normalise: Literal["official", "geometric"] = Field(
+        "official", description="official: exp(sum) / K; geometric: exp(mean) (see rlvr.algos.spae.probe_scores)"
+    )
+
+
 class RolloutConfig(Strict):
     """Generation of ``group_size`` responses for each of ``prompts_per_step`` prompts."""
+
+    @model_validator(mode="after")
+    def _rollout_components(self) -> "RolloutConfig":
+        if self.recover_overflow and not self.dynamic_sampling:
+            raise ValueError("rollout.recover_overflow keeps dynamic sampling's overflow groups: set rollout.dynamic_sampling=true")
+        if self.adaptive_temperature.enabled:
+            if self.backend != "hf" or not self.kv_decode:
+                raise ValueError(
+                    "rollout.adaptive_temperature needs rlvr's KV-cache sampling loop (rollout.backend=hf, rollout.kv_decode=true): "
+                    "transformers generate and vLLM sample a row at one temperature"
+                )
+            if self.aepo.enabled:
+                raise ValueError("rollout.adaptive_temperature and rollout.aepo both set the sampling temperature; enable one")
+        if self.cure.enabled and self.aepo.enabled:
+            raise ValueError("rollout.cure and rollout.aepo both rebuild the step's groups; enable one")
+        return self
 
     backend: Literal["hf", "vllm"] = "hf"
     kv_decode: bool = Field(
@@ -189,8 +254,33 @@ class RolloutConfig(Strict):
     chat_template: Literal["auto", "on", "off"] = "auto"
     dynamic_sampling: bool = Field(False, description="DAPO: keep only groups with varying scores, refill")
     max_sampling_rounds: int = Field(10, ge=1, description="generation rounds per step with dynamic_sampling")
+    recover_overflow: bool = Field(
+        False, description="Confucius3-Math RSR: informative groups that did not fit into the batch come first next step"
+    )
     aepo: AEPOConfig = Field(default_factory=AEPOConfig)
+    adaptive_temperature: AdaptiveTemperatureConfig = Field(default_factory=AdaptiveTemperatureConfig)
+    cure: CUREConfig = Field(default_factory=CUREConfig)
+    spae: SPAEProbeConfig = Field(default_factory=SPAEProbeConfig)
     mdlm: MDLMDecodingConfig = Field(default_factory=MDLMDecodingConfig)
+
+
+ROLLOUT_METHODS = ("dynamic_sampling", "recover_overflow", "aepo", "adaptive_temperature", "cure", "spae")
+"""``rollout.*`` keys that switch on a rollout-stage method (listed by ``rlvr methods``)."""
+
+
+def rollout_methods() -> list[tuple[str, str, str]]:
+    """``(config key, summary, knobs)`` of each rollout-stage method, from the config's own descriptions."""
+    out = []
+    for key in ROLLOUT_METHODS:
+        field = RolloutConfig.model_fields[key]
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            summary = " ".join((annotation.__doc__ or "").split())
+            knobs = ", ".join(f"{k}={v.default!r}" for k, v in annotation.model_fields.items())
+        else:
+            summary, knobs = field.description or "", f"{key}={field.default!r}"
+        out.append((f"rollout.{key}", summary, knobs))
+    return out
 
 
 class MethodConfig(Strict):
@@ -399,6 +489,8 @@ class RunConfig(Strict):
                 raise ValueError("model.kind=mdlm samples with rlvr's masked-diffusion decoder: set rollout.backend=hf")
             if r.top_p < 1 or r.top_k:
                 raise ValueError("model.kind=mdlm samples the full distribution: set rollout.top_p=1 and rollout.top_k=0")
+            if r.cure.enabled or r.adaptive_temperature.enabled:
+                raise ValueError("model.kind=mdlm: rollout.cure and rollout.adaptive_temperature need an autoregressive sampler")
             from rlvr.rollout.diffusion_schedule import decoding_schedule
 
             try:
@@ -653,7 +745,11 @@ RESUME_LOCKED = (
     "rollout.top_k",
     "rollout.dynamic_sampling",
     "rollout.max_sampling_rounds",
+    "rollout.recover_overflow",
     "rollout.aepo",
+    "rollout.adaptive_temperature",
+    "rollout.cure",
+    "rollout.spae",
     "rollout.mdlm",
     "train.mini_batch_size",
     "train.ppo_epochs",

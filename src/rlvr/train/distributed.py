@@ -247,6 +247,20 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
 
 
+def read_sharded_metadata(path: Path) -> Any:
+    """The ``.metadata`` of a sharded checkpoint, unpickled with the allowlist; UnsafeCheckpointError otherwise."""
+    from rlvr.train.checkpoint import UnsafeCheckpointError
+
+    metadata_path = Path(path) / ".metadata"
+    try:
+        return _MetadataUnpickler(io.BytesIO(metadata_path.read_bytes())).load()
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"refusing to load checkpoint {metadata_path}: {exc}; unpickling it could run code it carries. "
+            "rlvr writes only torch.distributed.checkpoint's own metadata there: delete this checkpoint"
+        ) from exc
+
+
 def _safe_reader(path: Path) -> Any:
     from torch.distributed.checkpoint import FileSystemReader
 
@@ -254,14 +268,7 @@ def _safe_reader(path: Path) -> Any:
         """DCP's reader with the ``.metadata`` unpickle restricted to DCP's own classes."""
 
         def read_metadata(self) -> Any:
-            metadata_path = Path(self.path) / ".metadata"
-            try:
-                data = metadata_path.read_bytes()
-                metadata = _MetadataUnpickler(io.BytesIO(data)).load()
-            except pickle.UnpicklingError as exc:
-                from rlvr.train.checkpoint import UnsafeCheckpointError
-
-                raise UnsafeCheckpointError(f"refusing to load checkpoint {metadata_path}: {exc}") from exc
+            metadata = read_sharded_metadata(Path(self.path))
             if getattr(metadata, "storage_meta", None) is None:
                 from torch.distributed.checkpoint.metadata import StorageMeta
 
@@ -285,6 +292,7 @@ def load_sharded(path: Path, state: dict[str, Any]) -> None:
 
     from rlvr.train.checkpoint import UnsafeCheckpointError
 
+    read_sharded_metadata(path)  # refused here, with its own message, before DCP wraps errors in its own
     try:
         dcp.load(state, storage_reader=_safe_reader(path))
     except UnsafeCheckpointError:

@@ -2,7 +2,9 @@
 
 :meth:`Learner.prepare` turns a scored rollout into a :class:`TrainBatch`: an AlgoContext with the
 rollout policy's quantities (``old_*``) and the reference log-probs the methods declare, computed
-in no-grad micro-batches. Where the old log-probs come from is explicit (:class:`OldLogprobSource`,
+in no-grad micro-batches, and the ``ctx.extras`` entries of the quantities with a forward of their
+own (:class:`rlvr.ops.forward.OwnForward`: the answer-only, prompt and reference-answer forwards),
+each over the rows it builds from the rollout, in the same micro-batches (:meth:`Learner.own_forwards`). Where the old log-probs come from is explicit (:class:`OldLogprobSource`,
 decided by :func:`old_logprob_source`): a separate rollout-policy forward, or, with one optimizer
 update per rollout and nothing reading them before it, the update forward's own detached values
 (ratio exactly 1, as verl and TRL do on-policy).
@@ -16,6 +18,7 @@ gradient skips that update.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -26,9 +29,18 @@ import torch
 from torch import Tensor
 
 from rlvr.algos import AlgoContext
+from rlvr.errors import ConfigError
 from rlvr.models.lora import is_peft_model, reference_forward
-from rlvr.ops.forward import Entropy, Quantity, answer_only_batch, policy_forward
-from rlvr.rollout.base import RolloutBatch
+from rlvr.ops.forward import (
+    AnswerOnlyLogProbs,
+    Entropy,
+    ForwardSource,
+    OwnForward,
+    Quantity,
+    own_forward_quantities,
+    policy_forward,
+)
+from rlvr.rollout.base import TOKEN_TEMPERATURE, RolloutBatch
 from rlvr.rollout.stage import RolloutResult
 from rlvr.train.config import RunConfig, TrainConfig
 from rlvr.train.device import Precision
@@ -108,6 +120,7 @@ class Learner:
         precision: Precision,
         empty_prompt_ids: Tensor,
         dist: Dist = SINGLE,
+        tokenizer: Any = None,
     ) -> None:
         self.cfg = cfg
         self.dist = dist
@@ -117,7 +130,9 @@ class Learner:
         self.pipeline = pipeline
         self.precision = precision
         self.empty_prompt_ids = empty_prompt_ids
+        self.tokenizer = tokenizer  # own forwards that tokenise text (the reference-answer splice)
         self.current_quantities, self.old_quantities = pipeline.forward_quantities()
+        self.own_quantities: dict[str, OwnForward] = own_forward_quantities(pipeline.all())
         self.ref_model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
@@ -173,6 +188,27 @@ class Learner:
             self.optimizer.load_state_dict(state["optimizer"])
         self.shuffle_gen.set_state(state["shuffle_gen"])
 
+    def refresh_reference(self, mix: float) -> None:
+        """``ref <- mix * pi + (1 - mix) * ref`` in place (T1's dynamic anchor, :func:`rlvr.algos.t1.mix_parameters_`).
+
+        Elementwise, so under FSDP2 each rank mixes its local shards (policy and reference are sharded alike).
+        """
+        from rlvr.algos.t1 import mix_parameters_
+
+        if self.ref_model is None:
+            raise ConfigError(
+                "the reference model cannot be refreshed: "
+                + ("with LoRA it is the adapter-disabled policy" if is_peft_model(self.model) else "no method reads ref_logprobs")
+                + " (add e.g. algo.regularizers=[kl] with full fine-tuning)"
+            )
+        if self.sharded:  # FSDP2 leaves a root unit unsharded after a forward with no backward (the reference's)
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in (*self.model.modules(), *self.ref_model.modules()):
+                if isinstance(module, FSDPModule):
+                    module.reshard()
+        mix_parameters_(self.ref_model.parameters(), self.model.parameters(), mix)
+
     # ------------------------------------------------------------------ prepare
     def micro_batches(self, batch: RolloutBatch) -> Iterator[tuple[Tensor, RolloutBatch | None]]:
         """This rank's consecutive row slices of ``batch`` (at most ``train.micro_batch_size`` rows each):
@@ -202,12 +238,18 @@ class Learner:
         device = self.precision.device
         return lambda flag: self.dist.all_true(flag, device)
 
-    def _assemble(self, parts: dict[str, list[tuple[Tensor, Tensor]]], shape: tuple[int, int], keys: list[str]) -> dict[str, Tensor]:
-        """Full-batch ``(B, T)`` tensors from this rank's ``(rows, values)`` pieces, summed over ranks
-        (each row is computed by exactly one rank, so the sum is exact)."""
+    def _assemble(
+        self,
+        parts: dict[str, list[tuple[Tensor, Tensor]]],
+        shape: tuple[int, int],
+        keys: list[str],
+        shapes: dict[str, tuple[int, ...]] | None = None,
+    ) -> dict[str, Tensor]:
+        """Full-batch ``(B, T)`` tensors (``shapes[key]`` where given) from this rank's ``(rows, values)``
+        pieces, summed over ranks (each row is computed by exactly one rank, so the sum is exact)."""
         out: dict[str, Tensor] = {}
         for key in keys:
-            full = torch.zeros(shape, dtype=torch.float32, device=self.precision.device)
+            full = torch.zeros((shapes or {}).get(key, shape), dtype=torch.float32, device=self.precision.device)
             for rows, values in parts.get(key, []):
                 full[rows] = values.to(full.dtype)
             out[key] = self.dist.all_reduce_sum_(full) if self.dist.enabled else full
@@ -223,13 +265,24 @@ class Learner:
                 chunk_size=self.train.logprob_chunk_size,
                 quantities=quantities,
                 agree=self._agree(),
+                token_temperature=self.token_temperature(batch),
             )
 
+    def token_temperature(self, batch: RolloutBatch) -> Tensor | None:
+        """The per-token sampling temperatures the log-probs are taken at: the rollout's recorded ones under
+        ``rollout.adaptive_temperature.logprob_temperature=sampled``, else None (``rollout.temperature``)."""
+        if self.cfg.rollout.adaptive_temperature.logprob_temperature != "sampled":
+            return None
+        return batch.extras.get(TOKEN_TEMPERATURE)
+
     def prepare(self, rollout: RolloutResult, step: int, rows_may_change: bool = False) -> TrainBatch:
-        """The context of a scored rollout, with the old/reference quantities the methods read."""
+        """The context of a scored rollout, with the old/reference quantities the methods read (per-sequence
+        ones, e.g. ``old_gradient_feature``, and the own forwards' entries go to ``ctx.extras``)."""
         batch = rollout.batch
         device = batch.input_ids.device
         source = old_logprob_source(self.train, self.pipeline, len(rollout.problems), rows_may_change)
+        old = self.old_and_ref(batch, policy=source is OldLogprobSource.ROLLOUT_FORWARD)
+        fields = {f.name for f in dataclasses.fields(AlgoContext)}
         ctx = AlgoContext(
             response_mask=batch.response_mask,
             rewards=rollout.scores.to(device),
@@ -245,12 +298,13 @@ class Learner:
                 "responses": batch.responses,
                 "problems": rollout.problems,
                 "row_index": torch.arange(len(rollout.problems), device=device),
+                "refresh_reference": self.refresh_reference,  # T1's dynamic anchor (rlvr.algos.t1)
                 **batch.extras,  # what the engine recorded per row (a masked-diffusion rollout's unmask_step)
+                **{k: v for k, v in old.items() if k not in fields},  # per-sequence quantities (old_gradient_feature)
+                **self.own_forwards(rollout),
             },
-            **self.old_and_ref(batch, policy=source is OldLogprobSource.ROLLOUT_FORWARD),
+            **{k: v for k, v in old.items() if k in fields},
         )
-        if "answer_only_logprobs" in self.pipeline.requires:
-            ctx.extras["answer_only_logprobs"] = self.answer_only_logprobs(batch)
         if rollout.advantages is not None:
             ctx.advantages = rollout.advantages.to(device)
         return TrainBatch(ctx, batch, source)
@@ -266,6 +320,8 @@ class Learner:
             return {}
         old = list(self.old_quantities.values())
         keys = [f"old_{q.name}" for q in old] + ["old_logprobs"] if policy else []
+        n = batch.response_mask.shape[0]
+        shapes = {f"old_{q.name}": (n, *q.row_shape(self.model)) for q in old if q.per_sequence}
         if self.ref_model is not None or peft_ref:
             keys.append("ref_logprobs")
         with torch.no_grad():
@@ -279,20 +335,43 @@ class Learner:
                 elif peft_ref:
                     with self.precision.autocast():
                         ref = reference_forward(
-                            self.model, sub, temperature=self.cfg.rollout.temperature, chunk_size=self.train.logprob_chunk_size
-                        )
+                            self.model, sub, temperature=self.cfg.rollout.temperature, chunk_size=self.train.logprob_chunk_size,
+                            token_temperature=self.token_temperature(sub),
+                        )  # fmt: skip
                     pieces.setdefault("ref_logprobs", []).append((rows, ref["logprobs"]))
-        return self._assemble(pieces, tuple(batch.response_mask.shape), sorted(set(keys)))
+        return self._assemble(pieces, tuple(batch.response_mask.shape), sorted(set(keys)), shapes)
+
+    def own_forwards(self, rollout: RolloutResult) -> dict[str, Tensor]:
+        """The ``ctx.extras`` entries of every own-forward quantity the methods read (:class:`rlvr.ops.forward.OwnForward`)."""
+        source = ForwardSource(
+            batch=rollout.batch,
+            problems=rollout.problems,
+            tokenizer=self.tokenizer,
+            empty_prompt_ids=self.empty_prompt_ids,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+        )
+        out: dict[str, Tensor] = {}
+        for quantity in self.own_quantities.values():
+            plan = quantity.plan(source)
+            out.update(plan.finish(self.rollout_logprobs(plan.batch)))
+        return out
+
+    def rollout_logprobs(self, batch: RolloutBatch) -> Tensor:
+        """``(R, T)`` log-probs of ``batch``'s response tokens under the policy, no grad: this rank's
+        micro-batches, assembled over ranks (every rank holds the same ``batch``)."""
+        if not bool(batch.response_mask.any()):  # the same on every rank: no forward, no collective
+            return torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=self.precision.device)
+        pieces: dict[str, list[tuple[Tensor, Tensor]]] = {"logprobs": []}
+        with torch.no_grad():
+            for rows, part in self.micro_batches(batch):
+                sub = part if part is not None else batch.rows(torch.arange(1, device=batch.input_ids.device))
+                pieces["logprobs"].append((rows, self.forward(self.model, sub)["logprobs"]))
+        return self._assemble(pieces, tuple(batch.response_mask.shape), ["logprobs"])["logprobs"]
 
     def answer_only_logprobs(self, batch: RolloutBatch) -> Tensor:
         """Log-probs of each response after the empty prompt (:class:`rlvr.ops.forward.AnswerOnlyLogProbs`)."""
-        answer_only = answer_only_batch(batch, self.empty_prompt_ids)
-        pieces: dict[str, list[tuple[Tensor, Tensor]]] = {"logprobs": []}
-        with torch.no_grad():
-            for rows, part in self.micro_batches(answer_only):
-                sub = part if part is not None else answer_only.rows(torch.arange(1, device=batch.input_ids.device))
-                pieces["logprobs"].append((rows, self.forward(self.model, sub)["logprobs"]))
-        return self._assemble(pieces, tuple(batch.response_mask.shape), ["logprobs"])["logprobs"]
+        plan = AnswerOnlyLogProbs().plan(ForwardSource(batch=batch, empty_prompt_ids=self.empty_prompt_ids))
+        return plan.finish(self.rollout_logprobs(plan.batch))["answer_only_logprobs"]
 
     # ------------------------------------------------------------------ update
     def update(self, tb: TrainBatch, step: int) -> dict[str, float]:

@@ -41,7 +41,10 @@ from rlvr.models.lora import (
     lora_enabled,
     save_lora_model,
 )
+from rlvr.rollout.adaptive_temperature import AdaptiveTemperature
 from rlvr.rollout.aepo import AEPOSampler
+from rlvr.rollout.cure import CUREBrancher, cure_metrics
+from rlvr.rollout.spae import STEP_POTENTIAL, SPAEProber, find_spae
 from rlvr.rollout.engines import build_engine
 from rlvr.rollout.hf import format_prompts
 from rlvr.rollout.stage import RolloutResult, RolloutStage, Sampling, prompt_limit, usable_problems
@@ -73,10 +76,12 @@ from rlvr.train.distributed import (
     save_sharded,
 )
 from rlvr.train.evaluate import evaluate_heldout
+from rlvr.train.history import PROMPT_HISTORY_FILE, PromptHistory
 from rlvr.train.interrupt import StopSignals
 from rlvr.train.learner import Learner, TrainBatch, lr_at
 from rlvr.train.logging import RunLogger, TruncationMonitor
 from rlvr.train.pipeline import Pipeline
+from rlvr.train.rollout_plan import RolloutControl
 from rlvr.train.run_dir import claimed_run_dir
 from rlvr.train.warmstart import WarmStart
 
@@ -145,11 +150,17 @@ class Trainer:
             dist=self.dist,
             autocast=self.precision.autocast,
             scorer=self.reward_scorer,
+            recover_overflow=r.recover_overflow,  # Confucius3-Math RSR
+            adaptive_temperature=_adaptive_temperature(r),  # HAPO-H
         )
         self.aepo = AEPOSampler(r.aepo) if r.aepo.enabled else None
+        self.control = RolloutControl(self.pipeline, cfg, self.tokenizer)  # DRIVE's stage plan, ADR's instruction halves
+        self.cure = CUREBrancher(r.cure) if r.cure.enabled else None
+        spae = find_spae(self.pipeline)
+        self.spae_probe = SPAEProber(r.spae, spae) if spae is not None else None
         empty = format_prompts(self.tokenizer, [""], r.chat_template)[0]
         empty_ids = torch.tensor(self.tokenizer(empty, add_special_tokens=False)["input_ids"])
-        self.learner = Learner(cfg, model, self.pipeline, self.precision, empty_ids, dist=self.dist)
+        self.learner = Learner(cfg, model, self.pipeline, self.precision, empty_ids, dist=self.dist, tokenizer=self.tokenizer)
         self.rollout_model: torch.nn.Module | None = None  # FSDP2 + HF engine: a full-weight replica to sample from
         self._sharded_once = False
         self.heldout = usable_problems(self.task.heldout_problems(cfg.eval.num_problems), self.tokenizer, limit, "held-out")
@@ -157,6 +168,8 @@ class Trainer:
         self.bad_steps = 0
         self.scorer_health = ScorerHealth(cfg.train.max_consecutive_bad_steps)
         self.metrics = RunLogger(self.run_dir, cfg, self.console)  # metrics.jsonl + logging.backends
+        # per-prompt accuracy per visit (rlvr.train.history): replicated, rank 0 writes prompt_history.jsonl
+        self.history = PromptHistory(self.run_dir / PROMPT_HISTORY_FILE if self.dist.is_main else None, self.control.needs_problems)
         self.truncation = TruncationMonitor(r.max_new_tokens)
         self.summary: dict[str, Any] = {}
         self.stop = StopSignals()
@@ -188,11 +201,20 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One full RL step; returns its metrics record."""
         t0 = time.perf_counter()
-        rollout = self.rollout.collect(self.sampler, self.step)
+        if self.control.active:  # DRIVE's stage plan / ADR's instruction halves (rlvr.train.rollout_plan)
+            rollout = self.control.collect(self.rollout, self.sampler, self.step, self.history)
+        else:
+            rollout = self.rollout.collect(self.sampler, self.step, augment=self._cure_round if self.cure is not None else None)
         self.scorer_health.update(rollout.failures, _scored(rollout, self.cfg), step=self.step + 1)
-        tb = self.learner.prepare(rollout, self.step, rows_may_change=self.aepo is not None)
+        self.history.record(self.step + 1, rollout.problems, rollout.correct, rollout.scores)
+        # recovered overflow rows (off_policy) take old log-probs from a separate forward of the current weights
+        tb = self.learner.prepare(rollout, self.step, rows_may_change=self.aepo is not None or rollout.off_policy)
+        self.control.provide(tb.ctx, self.learner)  # adr_switch's mode logits
         verified_reward = float(tb.ctx.rewards.mean())
-        record: dict[str, Any] = {"step": self.step + 1, **rollout.stats}
+        record: dict[str, Any] = {"step": self.step + 1, **rollout.stats, **cure_metrics(rollout)}
+        if self.spae_probe is not None:  # SPAE: step potentials from probe generations
+            tb.ctx.extras[STEP_POTENTIAL], probe_stats = self.spae_probe.potentials(self.rollout, self.sampler, rollout, tb.ctx, self.step)
+            record.update(probe_stats)
         record.update(self.pipeline.shape_and_estimate(tb.ctx))
         if self.aepo is not None:
             tb, rollout = self._aepo(tb, rollout, record)
@@ -210,6 +232,12 @@ class Trainer:
             self.metrics.log_completions(self.step, rollout)
         self._count_bad_step(update)
         return record
+
+    def _cure_round(self, first: RolloutResult, key: tuple) -> RolloutResult:
+        """CURE: one sampled round with its continuations branched at high rollout-policy entropy."""
+        assert self.cure is not None
+        entropy = self.learner.old_and_ref(first.batch)["old_entropy"]
+        return self.cure.augment(self.rollout, self.sampler, first, entropy, key)
 
     def _aepo(self, tb: TrainBatch, rollout: RolloutResult, record: dict[str, Any]) -> tuple[TrainBatch, RolloutResult]:
         """AEPO's positive samples replace the first rows; the mixed batch is prepared again."""
@@ -310,6 +338,7 @@ class Trainer:
             "pipeline": self.pipeline.state_dict(),
             "rng": rng_state(),
             "aepo": self.aepo.state_dict() if self.aepo is not None else None,
+            "prompt_history": self.history.state_dict(),
             "bad_steps": self.bad_steps,
             "scorer_failed_steps": self.scorer_health.all_failed_steps,
             "summary": self.summary,
@@ -346,6 +375,7 @@ class Trainer:
         set_rng_state(state["rng"])
         if self.aepo is not None and state.get("aepo"):
             self.aepo.load_state_dict(state["aepo"])
+        self.history.load_state_dict(state.get("prompt_history") or {})
         self.bad_steps = state.get("bad_steps", 0)
         self.scorer_health.all_failed_steps = int(state.get("scorer_failed_steps", 0))
         self.summary = state.get("summary", {})
@@ -483,6 +513,7 @@ class Trainer:
 
     def _rl_loop(self) -> None:
         cfg = self.cfg
+        self.history.truncate_file_after(self.step)  # a resumed run replays the visits after its checkpoint
         with _progress(self.console) as progress:
             bar = progress.add_task("RL", total=cfg.train.steps, completed=self.step, info="")
             while self.step < cfg.train.steps:
@@ -583,9 +614,8 @@ class Trainer:
         self.console.print(f"after RL ({self.step} steps): {_fmt_eval(after)}")
         key = "eval/accuracy_greedy"
         if key in before and key in after:
-            self.console.print(
-                f"[bold]held-out greedy accuracy: {before[key]:.3f} (warm start) -> {after[key]:.3f} (RL)[/]"
-            )
+            start = "warm start" if self._warmstart_steps() > 0 else "before RL"
+            self.console.print(f"[bold]held-out greedy accuracy: {before[key]:.3f} ({start}) -> {after[key]:.3f} (RL)[/]")
         self.console.print(f"run directory: {self.run_dir}" + (f"  report: {report}" if report else ""))
 
 
@@ -596,10 +626,17 @@ def _rank_device(spec: str, dist: Dist) -> str:
     return spec
 
 
+def _adaptive_temperature(r: Any) -> AdaptiveTemperature | None:
+    """HAPO-H's per-token sampling temperature state, when ``rollout.adaptive_temperature`` is on."""
+    a = r.adaptive_temperature
+    return AdaptiveTemperature(tau=a.tau, pivot=a.pivot, official_sign=a.official_sign) if a.enabled else None
+
+
 def _scored(rollout: RolloutResult, cfg: RunConfig) -> int:
     """How many responses the step's scorer saw (every dynamic-sampling round counts)."""
     r = cfg.rollout
-    return int(rollout.stats.get("sampling/rounds", 1)) * r.prompts_per_step * r.group_size
+    group = r.group_size * (1 + r.cure.n2) if r.cure.enabled else r.group_size  # CURE scores the continuations too
+    return int(rollout.stats.get("sampling/rounds", 1)) * r.prompts_per_step * group
 
 
 def last_eval(metrics_path: Path) -> dict[str, float]:
