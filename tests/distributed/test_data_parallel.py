@@ -58,6 +58,9 @@ ROLLOUT_COMPONENTS = [
 ]
 # CURE's branch points come from the learner's rank-split entropy forward; continuations are sampled in shards
 CURE = ["rollout.cure.enabled=true", "rollout.cure.min_token_chars=0", "rollout.cure.n2=1", "rollout.group_size=2"]
+# R^3: replay buffer and never-solved checks from the replicated history; reflections sampled in shards
+R3 = ["rollout.r3.replay=true", "rollout.r3.reflection=true", "rollout.r3.reflection_n=2", "rollout.group_size=2",
+      "algo.reward_shaping=[{name: r3_rank, window: 2}]"]  # fmt: skip
 COMBINED = [
     "algo.advantage={name: canon, metric: entropy}",
     "algo.policy_loss={name: clip_cov, clip_ratio: 0.2, cov_low: -10.0}",
@@ -158,6 +161,7 @@ def dp_runs(tmp_path_factory, _fast_overrides):
         "micro2": [*SIREN, "train.micro_batch_size=2"],
         "rollout": ROLLOUT_COMPONENTS,
         "cure": CURE,
+        "r3": R3,
         "fsdp2": [*SIREN, "train.strategy=fsdp2", "train.grad_clip=1e6"],
         "fsdp2-t1": [*T1_ANCHOR, "train.strategy=fsdp2", "train.grad_clip=1e6"],
         "drive-adr": DRIVE_ADR,
@@ -214,14 +218,18 @@ def test_fsdp2_reference_refresh_equals_one_process(dp_runs):
 
 
 def test_rollout_stage_components_equal_one_process(dp_runs, informative):
-    """Recovered overflow groups, per-token temperatures, SPAE probe potentials and CURE branches on 2 ranks."""
+    """Recovered overflow groups, per-token temperatures, SPAE probe potentials, CURE branches and R^3's
+    reflections on 2 ranks."""
     records = read_metrics(dp_runs / "sp-rollout" / "metrics.jsonl")
     informative.assert_learning(records)
     assert records[2]["sampling/recovered_groups"] > 0 and records[2]["adaptive_temperature/mean"] != 1.0
     assert all(r["spae_probe/probes"] > 0 for r in records[1:])
     assert all(r["cure/continuation_frac"] == 0.5 for r in read_metrics(dp_runs / "sp-cure" / "metrics.jsonl")[1:])
-    keys = ("sampling/recovered_groups", "adaptive_temperature/mean", "spae/potential_mean", "cure/branch_mean", "reward/mean")
-    for name in ("rollout", "cure"):
+    r3 = read_metrics(dp_runs / "sp-r3" / "metrics.jsonl")
+    assert sum(r.get("r3/reflected_frac", 0) for r in r3) > 0
+    keys = ("sampling/recovered_groups", "adaptive_temperature/mean", "spae/potential_mean", "cure/branch_mean", "reward/mean",
+            "r3/reflected_frac", "r3/replayed_frac", "r3/reflections", "r3_rank/mean_bonus")  # fmt: skip
+    for name in ("rollout", "cure", "r3"):
         assert _max_diff(dp_runs / f"dp-{name}", dp_runs / f"sp-{name}") == 0.0, name
         for a, b in zip(_stable(dp_runs / f"dp-{name}"), _stable(dp_runs / f"sp-{name}")):
             assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}, name

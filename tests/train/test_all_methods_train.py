@@ -86,6 +86,8 @@ EXTRA = {
     # the EMA from step 1, filtering at step 2 (see SETTING); beta 1 drops the groups below the mean std
     "rlpr_std_filter": ["algo.token_weights=[{name: rlpr_std_filter, ema_start_step: 1, start_step: 2, beta: 1.0}]"],
     "answer_entropy_stats": ["algo.controllers=[{name: answer_entropy_stats, extract: first_line}]"],  # countdown's answer
+    # 8-token responses are shorter than the 16-token window (L = G, every failed response tied): 2-token windows
+    "r3_rank": ["algo.reward_shaping=[{name: r3_rank, window: 2}]"],
 }
 SETTING = {
     # with 8 new tokens nearly every response of the tiny model is cut by step 3: room to end, so some are kept

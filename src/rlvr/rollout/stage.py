@@ -347,7 +347,8 @@ class RolloutStage:
         """This step's rollout: ``prompts_per_step`` groups, after dynamic sampling when it is on.
 
         ``augment(result, key)`` turns each sampled round into its training groups before the
-        dynamic-sampling filter (CURE's branched continuations, :mod:`rlvr.rollout.cure`).
+        dynamic-sampling filter (CURE's branched continuations, :mod:`rlvr.rollout.cure`; R^3's
+        replayed and reflected successes, :mod:`rlvr.rollout.r3`).
 
         With ``recover_overflow`` (Confucius3-Math's Recent Sample Recovery, arXiv 2506.18330 §6.3)
         the informative groups of the last round that did not fit into this step's batch are kept
@@ -405,7 +406,7 @@ class RolloutStage:
         if self.recover_overflow and not bool(in_batch.all()):
             self.recovery = _to_cpu(_rows(merged, (~in_batch).nonzero().squeeze(-1).cpu()))
         out.failures, out.stats, out.generate_s = failures, stats, time.perf_counter() - t0
-        out.off_policy = recovered is not None
+        out.off_policy = recovered is not None or any(r.off_policy for r in kept)  # RSR's recovered groups, R^3's replays
         return self._observed(out)
 
     def _observed(self, result: RolloutResult) -> RolloutResult:

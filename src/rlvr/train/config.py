@@ -214,6 +214,34 @@ class SPAEProbeConfig(Strict):
     )
 
 
+class R3Config(Strict):
+    """R^3 replay and reflection (arXiv 2601.19620; rlvr.rollout.r3): in a group whose every response failed,
+    the last rows are replaced by a stored success of the same prompt from an earlier step (replay) or, for a
+    prompt never solved so far, by a success sampled after the group's failed attempt (reflection). The
+    ranking reward is the reward shaper r3_rank."""
+
+    replay: bool = Field(False, description="cross-context replay of earlier successes of the same prompt")
+    reflection: bool = Field(False, description="in-context self-reflection on never-solved prompts")
+    inject: int = Field(1, ge=1, description="rows replaced per failed group (at most group size - 1)")
+    buffer_size: int = Field(
+        2, ge=1, description="successes kept per prompt (4 bytes per token, in memory and in every checkpoint); "
+        "replay draws inject of them at random"
+    )
+    reflection_n: int = Field(4, ge=1, description="responses sampled per reflection prompt")
+    reflection_prompt: str = Field(
+        "\nWait, that answer is wrong. Let me try again.\n", description="text between the failed attempt and the new one"
+    )
+    reflection_context: Literal["original", "reflection"] = Field(
+        "original", description="original: a reflected success trains as a response to the plain prompt (off-policy); "
+        "reflection: it trains after the failed attempt and the reflection text it was sampled from"
+    )
+    reflect_min_visits: int = Field(1, ge=1, description="visits (this one included), all without a success, before reflecting")
+
+    @property
+    def enabled(self) -> bool:
+        return self.replay or self.reflection
+
+
 class RolloutConfig(Strict):
     """Generation of ``group_size`` responses for each of ``prompts_per_step`` prompts."""
 
@@ -231,6 +259,16 @@ class RolloutConfig(Strict):
                 raise ValueError("rollout.adaptive_temperature and rollout.aepo both set the sampling temperature; enable one")
         if self.cure.enabled and self.aepo.enabled:
             raise ValueError("rollout.cure and rollout.aepo both rebuild the step's groups; enable one")
+        if self.r3.enabled and (self.cure.enabled or self.aepo.enabled or self.adaptive_temperature.enabled):
+            raise ValueError(
+                "rollout.r3 rebuilds the rows of failed groups without per-token records: "
+                "turn off rollout.cure, rollout.aepo and rollout.adaptive_temperature"
+            )
+        if self.r3.enabled and self.r3.inject >= self.group_size:
+            raise ValueError(
+                f"rollout.r3.inject ({self.r3.inject}) must be below rollout.group_size ({self.group_size}): "
+                "a repaired group keeps at least one of its own failed responses"
+            )
         return self
 
     backend: Literal["hf", "vllm"] = "hf"
@@ -261,10 +299,11 @@ class RolloutConfig(Strict):
     adaptive_temperature: AdaptiveTemperatureConfig = Field(default_factory=AdaptiveTemperatureConfig)
     cure: CUREConfig = Field(default_factory=CUREConfig)
     spae: SPAEProbeConfig = Field(default_factory=SPAEProbeConfig)
+    r3: R3Config = Field(default_factory=R3Config)
     mdlm: MDLMDecodingConfig = Field(default_factory=MDLMDecodingConfig)
 
 
-ROLLOUT_METHODS = ("dynamic_sampling", "recover_overflow", "aepo", "adaptive_temperature", "cure", "spae")
+ROLLOUT_METHODS = ("dynamic_sampling", "recover_overflow", "aepo", "adaptive_temperature", "cure", "spae", "r3")
 """``rollout.*`` keys that switch on a rollout-stage method (listed by ``rlvr methods``)."""
 
 
@@ -489,8 +528,10 @@ class RunConfig(Strict):
                 raise ValueError("model.kind=mdlm samples with rlvr's masked-diffusion decoder: set rollout.backend=hf")
             if r.top_p < 1 or r.top_k:
                 raise ValueError("model.kind=mdlm samples the full distribution: set rollout.top_p=1 and rollout.top_k=0")
-            if r.cure.enabled or r.adaptive_temperature.enabled:
-                raise ValueError("model.kind=mdlm: rollout.cure and rollout.adaptive_temperature need an autoregressive sampler")
+            if r.cure.enabled or r.adaptive_temperature.enabled or r.r3.enabled:
+                raise ValueError(
+                    "model.kind=mdlm: rollout.cure, rollout.adaptive_temperature and rollout.r3 need an autoregressive sampler"
+                )
             from rlvr.rollout.diffusion_schedule import decoding_schedule
 
             try:
@@ -750,6 +791,7 @@ RESUME_LOCKED = (
     "rollout.adaptive_temperature",
     "rollout.cure",
     "rollout.spae",
+    "rollout.r3",
     "rollout.mdlm",
     "train.mini_batch_size",
     "train.ppo_epochs",

@@ -7,8 +7,13 @@ Every RL step the trainer records, for each prompt drawn that step, one **visit*
 
 over the ``n`` responses of that prompt in the step (a prompt drawn twice in one step gets one visit
 over both groups). What reads it: 1-shot RLVR's example selection (``rlvr data select``,
-:mod:`rlvr.algos.one_shot_rlvr`), DRIVE's hard set (:mod:`rlvr.algos.drive`), and any method that
-needs a prompt's past (its per-step context carries only the step).
+:mod:`rlvr.algos.one_shot_rlvr`), DRIVE's hard set (:mod:`rlvr.algos.drive`), R^3's reflection
+(prompts never solved so far, :mod:`rlvr.rollout.r3`), and any method that needs a prompt's past
+(its per-step context carries only the step).
+
+It can also keep **responses** per prompt (:meth:`PromptHistory.store_response`: token ids, score,
+step; the ``keep`` most recent per prompt): R^3's replay buffer of earlier successes. They are in
+the checkpoint (CPU int32 tensors), not in the JSONL file.
 
 The history is replicated: every rank records the same global batch, so it is identical on every
 rank, and it is saved in the checkpoint's replicated state (plain lists and dicts). Rank 0 also
@@ -22,8 +27,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+import torch
 
 from rlvr.errors import RLVRError
 from rlvr.tasks.base import Problem
@@ -38,6 +46,15 @@ VisitField = Literal["accuracy", "reward"]
 VISIT_FIELDS: tuple[str, ...] = ("step", "accuracy", "reward", "n")
 
 
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response kept for a prompt: its token ids (``(L,)`` int32, CPU), its score and the RL step it was sampled at."""
+
+    ids: Tensor
+    score: float
+    step: int
+
+
 class PromptHistory:
     """Visits of each prompt id, in the order the prompts were first seen (see the module docstring).
 
@@ -49,6 +66,7 @@ class PromptHistory:
     def __init__(self, path: Path | None = None, keep_problems: bool = False) -> None:
         self.visits: dict[str, dict[str, list[Any]]] = {}
         self.problems: dict[str, Problem] = {}
+        self.responses: dict[str, list[StoredResponse]] = {}
         self.keep_problems = keep_problems
         self.writer = MetricsWriter(path) if path is not None else None
 
@@ -93,6 +111,21 @@ class PromptHistory:
         entry = self.visits.get(prompt_id)
         return float(entry[field][-1]) if entry and entry[field] else None
 
+    def visit_values(self, prompt_id: str, field: VisitField = "accuracy") -> list[float]:
+        """The prompt's value at each visit, oldest first (empty if never visited)."""
+        entry = self.visits.get(prompt_id)
+        return [float(v) for v in entry[field]] if entry else []
+
+    def store_response(self, prompt_id: str, ids: Sequence[int], score: float, step: int, keep: int) -> None:
+        """Keep a response of ``prompt_id``; only its ``keep`` most recent ones stay."""
+        entries = self.responses.setdefault(prompt_id, [])
+        entries.append(StoredResponse(torch.tensor(list(ids), dtype=torch.int32), float(score), int(step)))
+        del entries[: max(0, len(entries) - keep)]
+
+    def stored_responses(self, prompt_id: str) -> list[StoredResponse]:
+        """The responses kept for ``prompt_id``, oldest first."""
+        return list(self.responses.get(prompt_id, []))
+
     def problem(self, prompt_id: str) -> Problem:
         """The stored Problem of a visited prompt (``keep_problems=True`` only)."""
         if prompt_id not in self.problems:
@@ -108,6 +141,9 @@ class PromptHistory:
         return {
             "visits": {pid: {k: list(v) for k, v in entry.items()} for pid, entry in self.visits.items()},
             "problems": {pid: problem_record(p) for pid, p in self.problems.items()} if self.keep_problems else {},
+            "responses": {
+                pid: [{"ids": e.ids, "score": e.score, "step": e.step} for e in entries] for pid, entries in self.responses.items()
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -115,6 +151,10 @@ class PromptHistory:
         self.problems = {
             str(pid): problem_from_record(record, f"checkpoint prompt_history problem '{pid}'")
             for pid, record in (state.get("problems") or {}).items()
+        }
+        self.responses = {
+            str(pid): [StoredResponse(e["ids"].to(torch.int32), float(e["score"]), int(e["step"])) for e in entries]
+            for pid, entries in (state.get("responses") or {}).items()
         }
 
 

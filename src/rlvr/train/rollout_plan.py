@@ -58,10 +58,11 @@ class RolloutControl:
         self.modes = _only_one([c.fn for c in components if hasattr(c.fn, "mode_prompts")], "the reasoning-mode prompts")
         self.switch = _only_one([c.fn for c in components if hasattr(c.fn, "mode_tokens")], "the mode tokens")
         r = cfg.rollout
-        if self.active and (r.dynamic_sampling or r.aepo.enabled or r.cure.enabled or r.adaptive_temperature.enabled):
+        if self.active and (r.dynamic_sampling or r.aepo.enabled or r.cure.enabled or r.adaptive_temperature.enabled or r.r3.enabled):
             raise ConfigError(
                 "DRIVE's stage plan and Adaptive Deep Reasoning's mode-controlled sampling draw the step's rows "
-                "themselves: turn off rollout.dynamic_sampling, rollout.aepo, rollout.cure and rollout.adaptive_temperature"
+                "themselves: turn off rollout.dynamic_sampling, rollout.aepo, rollout.cure, rollout.adaptive_temperature "
+                "and rollout.r3"
             )
         if self.switch is not None and self.modes is None:
             raise ConfigError(

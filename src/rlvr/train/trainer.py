@@ -44,10 +44,11 @@ from rlvr.models.lora import (
 from rlvr.rollout.adaptive_temperature import AdaptiveTemperature
 from rlvr.rollout.aepo import AEPOSampler
 from rlvr.rollout.cure import CUREBrancher, cure_metrics
+from rlvr.rollout.r3 import R3Injector, r3_metrics, sampled_rows
 from rlvr.rollout.spae import STEP_POTENTIAL, SPAEProber, find_spae
 from rlvr.rollout.engines import build_engine
 from rlvr.rollout.hf import format_prompts
-from rlvr.rollout.stage import RolloutResult, RolloutStage, Sampling, prompt_limit, usable_problems
+from rlvr.rollout.stage import Augment, RolloutResult, RolloutStage, Sampling, prompt_limit, usable_problems
 from rlvr.tasks.base import Task, tasks
 from rlvr.tasks.reward_funcs import RewardScorer
 from rlvr.tasks.scoring import ScorerHealth
@@ -170,6 +171,7 @@ class Trainer:
         self.metrics = RunLogger(self.run_dir, cfg, self.console)  # metrics.jsonl + logging.backends
         # per-prompt accuracy per visit (rlvr.train.history): replicated, rank 0 writes prompt_history.jsonl
         self.history = PromptHistory(self.run_dir / PROMPT_HISTORY_FILE if self.dist.is_main else None, self.control.needs_problems)
+        self.r3 = R3Injector(r.r3, self.history) if r.r3.enabled else None  # R^3 replay (buffer in the history) and reflection
         self.truncation = TruncationMonitor(r.max_new_tokens)
         self.summary: dict[str, Any] = {}
         self.stop = StopSignals()
@@ -204,14 +206,18 @@ class Trainer:
         if self.control.active:  # DRIVE's stage plan / ADR's instruction halves (rlvr.train.rollout_plan)
             rollout = self.control.collect(self.rollout, self.sampler, self.step, self.history)
         else:
-            rollout = self.rollout.collect(self.sampler, self.step, augment=self._cure_round if self.cure is not None else None)
-        self.scorer_health.update(rollout.failures, _scored(rollout, self.cfg), step=self.step + 1)
-        self.history.record(self.step + 1, rollout.problems, rollout.correct, rollout.scores)
+            rollout = self.rollout.collect(self.sampler, self.step, augment=self._round_augment())
+        reflected = int(self.r3.stats.get("r3/reflection_samples", 0)) if self.r3 is not None else 0  # scored too
+        self.scorer_health.update(rollout.failures, _scored(rollout, self.cfg) + reflected, step=self.step + 1)
+        sampled = sampled_rows(rollout)  # the history sees the policy's own samples, not R^3's injected rows
+        self.history.record(self.step + 1, [rollout.problems[i] for i in sampled.tolist()], rollout.correct[sampled], rollout.scores[sampled])
         # recovered overflow rows (off_policy) take old log-probs from a separate forward of the current weights
         tb = self.learner.prepare(rollout, self.step, rows_may_change=self.aepo is not None or rollout.off_policy)
         self.control.provide(tb.ctx, self.learner)  # adr_switch's mode logits
         verified_reward = float(tb.ctx.rewards.mean())
         record: dict[str, Any] = {"step": self.step + 1, **rollout.stats, **cure_metrics(rollout)}
+        if self.r3 is not None:
+            record.update(r3_metrics(rollout, self.r3.pop_stats()))
         if self.spae_probe is not None:  # SPAE: step potentials from probe generations
             tb.ctx.extras[STEP_POTENTIAL], probe_stats = self.spae_probe.potentials(self.rollout, self.sampler, rollout, tb.ctx, self.step)
             record.update(probe_stats)
@@ -232,6 +238,15 @@ class Trainer:
             self.metrics.log_completions(self.step, rollout)
         self._count_bad_step(update)
         return record
+
+    def _round_augment(self) -> Augment | None:
+        """The rollout-stage component applied to each sampled round (CURE or R^3; the config allows one)."""
+        if self.cure is not None:
+            return self._cure_round
+        if self.r3 is not None:
+            r3 = self.r3
+            return lambda result, key: r3.augment(self.rollout, self.sampler, result, self.step, key)
+        return None
 
     def _cure_round(self, first: RolloutResult, key: tuple) -> RolloutResult:
         """CURE: one sampled round with its continuations branched at high rollout-policy entropy."""
