@@ -28,7 +28,7 @@ print(torch.cuda.get_device_name(), "| torch", torch.__version__, "| CUDA", torc
 EOF
 
 section "1. GPU tests"
-timeout 180 "$PY" -m pytest -q -m gpu tests/gpu -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+timeout 240 "$PY" -m pytest -q -m gpu tests/gpu -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 
 section "2. rlvr vs TRL GRPOTrainer ($MODEL, same GPU and batch)"
 timeout 180 "$PY" benchmarks/vs_trl.py --model "$MODEL" --device cuda --dtype bfloat16 --trl-vllm \

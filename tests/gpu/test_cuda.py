@@ -67,6 +67,33 @@ def test_rl_steps_on_cuda(tmp_path, dtype, method):
     assert all(v.dtype == torch.float32 for s in state.values() for k, v in s.items() if k != "step")
 
 
+def _all_methods_module():
+    """tests/train/test_all_methods_train.py (its method list and the knobs each needs on the tiny setting)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "train" / "test_all_methods_train.py"
+    spec = importlib.util.spec_from_file_location("all_methods_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_method_steps_on_cuda_in_bf16(tmp_path):
+    """Two bf16 steps of each built-in method on CUDA: a CPU tensor mixed with the batch's device tensors
+    (a reward shaper building a tensor without ``device=``) stops the step; every failing method is listed."""
+    methods = _all_methods_module()
+    failed = {}
+    for stage, name in methods._builtin_methods():
+        overrides = [*TINY, "train.device=cuda", "model.dtype=bfloat16", "warmstart.steps=0", "train.steps=2",
+                     "eval.every=100", "train.checkpoint_every=100", f"output_dir={tmp_path / f'{stage}-{name}'}",
+                     methods.SLOT[stage].format(name), *methods.EXTRA.get(name, [])]  # fmt: skip
+        try:
+            Trainer(load_config(None, overrides), quiet=True).run()
+        except Exception as exc:  # noqa: BLE001 - collected, all reported at the end
+            failed[f"{stage}:{name}"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    assert not failed, "\n".join(f"{k}: {v}" for k, v in failed.items())
+
+
 def test_bf16_reference_kl_starts_at_zero_on_cuda(tmp_path):
     _, records = _run(tmp_path, "kl", "model.dtype=bfloat16", "algo.regularizers=[{name: kl, coef: 0.01}]")
     assert records[1]["kl/k1_mean"] == pytest.approx(0.0, abs=1e-6)

@@ -122,7 +122,7 @@ class BudgetCurriculum(RewardShaper):
         if not self.think_marker:
             return ctx.lengths.to(torch.float64), {}
         splits, kinds = think_splits(ctx, self.who(), self.think_marker, self.think_fraction)
-        return torch.tensor(splits, dtype=torch.float64), kinds
+        return torch.tensor(splits, dtype=torch.float64, device=ctx.response_mask.device), kinds
 
     def shape(self, ctx: AlgoContext) -> tuple[Tensor, dict[str, float]]:
         rewards = float_rewards(ctx, self.who())

@@ -79,8 +79,8 @@ def kl_estimate(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, kl_type: D
 def valid_questions(correct: Tensor, group_ids: Tensor) -> Tensor:
     """Per group (dense order of ``group_index``): at least one correct and one incorrect response."""
     dense, k = group_index(group_ids)
-    pos = torch.zeros(k, dtype=torch.long).index_add_(0, dense, correct.bool().long())
-    size = torch.zeros(k, dtype=torch.long).index_add_(0, dense, torch.ones_like(dense))
+    pos = torch.zeros(k, dtype=torch.long, device=dense.device).index_add_(0, dense, correct.bool().long())
+    size = torch.zeros(k, dtype=torch.long, device=dense.device).index_add_(0, dense, torch.ones_like(dense))
     return (pos > 0) & (pos < size)
 
 

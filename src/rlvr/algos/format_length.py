@@ -92,7 +92,7 @@ class FormatLength(RewardShaper):
 
     def shape(self, ctx: AlgoContext) -> tuple[Tensor, dict[str, float]]:
         rewards = float_rewards(ctx, self.who())
-        ok = format_ok(response_texts(ctx, self.who()), self.regex, self.match)
+        ok = format_ok(response_texts(ctx, self.who()), self.regex, self.match).to(ctx.response_mask.device)
         fmt = torch.where(ok, self.format_reward, -self.format_penalty).to(torch.float64)
         ref = float(max_length(ctx, self.length_ref))
         length = self.length_coef * length_bonus(ctx.lengths, ref) * correct_mask(ctx, self.who()).to(torch.float64)

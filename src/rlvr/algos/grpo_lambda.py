@@ -41,7 +41,7 @@ def top_lambda_groups(correct: Tensor, group_ids: Tensor, lam: float) -> Tensor:
     dense, k = group_index(group_ids)
     if k == 0 or lam <= 0:
         return torch.zeros_like(correct, dtype=torch.bool)
-    per_group = torch.zeros(k, dtype=torch.float64).index_copy_(0, dense, acc)
+    per_group = torch.zeros(k, dtype=torch.float64, device=acc.device).index_copy_(0, dense, acc)
     ranked = per_group.sort(descending=True).values
     cut = ranked[min(k, math.ceil(lam * k)) - 1]
     return (acc >= cut) & (acc > 0)

@@ -151,7 +151,7 @@ class Hapo(RewardShaper):
             "mean_term": mean_of(terms),
             "mean_history": sum(batch_history) / len(batch_history) if batch_history else 0.0,
         }
-        return rewards + terms.to(rewards.dtype), metrics
+        return rewards + terms.to(device=rewards.device, dtype=rewards.dtype), metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": dict(self.history), "counts": dict(self.counts)}

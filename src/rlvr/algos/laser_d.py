@@ -216,7 +216,7 @@ class LaserD(RewardShaper):
         """Per-response target ``L_T(bucket_i)`` (float64) and the reward buckets."""
         targets = self._ensure_targets(ctx)
         buckets = reward_buckets(correct_mask(ctx, self.who()), group_ids_of(ctx, self.who()))
-        return torch.tensor([float(targets[b]) for b in buckets], dtype=torch.float64), buckets
+        return torch.tensor([float(targets[b]) for b in buckets], dtype=torch.float64, device=ctx.response_mask.device), buckets
 
     def shape(self, ctx: AlgoContext) -> tuple[Tensor, dict[str, float]]:
         rewards = float_rewards(ctx, self.who())

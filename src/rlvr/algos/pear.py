@@ -37,8 +37,8 @@ from rlvr.errors import ConfigError
 
 def phase_entropies(entropy: Tensor, mask: Tensor, splits: list[int]) -> tuple[Tensor, Tensor]:
     """Mean entropy of tokens ``[0, k_i)`` and ``[k_i, L_i)`` of each row (0 if a phase is empty), float64."""
-    positions = torch.arange(entropy.shape[-1]).unsqueeze(0)
-    cut = torch.tensor(splits, dtype=torch.long).unsqueeze(-1)
+    positions = torch.arange(entropy.shape[-1], device=entropy.device).unsqueeze(0)
+    cut = torch.tensor(splits, dtype=torch.long, device=entropy.device).unsqueeze(-1)
     valid = mask > 0
     think = valid & (positions < cut)
     answer = valid & (positions >= cut)

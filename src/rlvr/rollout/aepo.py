@@ -77,12 +77,12 @@ class AEPOSampler:
         result = RolloutResult(
             problems=mixed.problems,
             batch=mixed.batch,
-            scores=mixed.rewards,
+            scores=mixed.rewards.cpu(),
             failures=rollout.failures,
             stats={**rollout.stats, **stats},
             generate_s=rollout.generate_s + extra.generate_s,
             advantages=mixed.advantages,
-            verified=mixed.correct,
+            verified=mixed.correct.cpu(),
         )
         return result, stats
 

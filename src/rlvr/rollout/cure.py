@@ -44,8 +44,9 @@ CURE_BRANCH = "cure_branch"
 def branch_candidates(
     response_ids: Tensor, response_mask: Tensor, tokenizer: Any, *, min_token_chars: int, skip_special: bool
 ) -> Tensor:
-    """Bool ``(B, T)``: the positions a response may branch at (valid, not 0, not special, long enough)."""
-    valid = response_mask > 0
+    """Bool ``(B, T)``, CPU: the positions a response may branch at (valid, not 0, not special, long enough)."""
+    response_ids = response_ids.cpu()  # read token by token: one device sync per token otherwise
+    valid = response_mask.cpu() > 0
     valid[:, :1] = False
     special = set(getattr(tokenizer, "all_special_ids", []) or []) if skip_special else set()
     lengths: dict[int, int] = {}
