@@ -10,7 +10,7 @@ import torch
 
 from rlvr.models.tiny import char_tokenizer
 from rlvr.rollout.engines import HFEngine
-from rlvr.rollout.r3 import R3_SOURCE, REFLECTED, REPLAYED, SAMPLED, R3Injector, response_tokens, sampled_rows
+from rlvr.rollout.r3 import R3_SOURCE, REFLECTED, REPLAYED, SAMPLED, R3Injector, sampled_rows
 from rlvr.rollout.stage import RolloutStage, Sampling, generate_continuations
 from rlvr.tasks.countdown import countdown_problem
 from rlvr.train.checkpoint import load_latest_checkpoint
@@ -63,7 +63,7 @@ def _stage(task, tok, greedy: bool, n: int = 3) -> RolloutStage:
 
 def _rows_of(batch, row):
     prompt = batch.input_ids[row, : batch.prompt_len][batch.attention_mask[row, : batch.prompt_len].bool()].tolist()
-    return prompt, response_tokens(batch, row)
+    return prompt, batch.response_token_ids(row)
 
 
 def test_replay_injects_stored_successes_into_failed_groups(tok, spread_model):
@@ -75,7 +75,7 @@ def test_replay_injects_stored_successes_into_failed_groups(tok, spread_model):
     assert first.batch.extras[R3_SOURCE].tolist() == [SAMPLED] * 6 and not first.off_policy
     for g, problem in enumerate(PROBLEMS):  # every row was correct: the last buffer_size of each group are kept
         stored = history.stored_responses(problem.id)
-        assert [e.ids.tolist() for e in stored] == [response_tokens(first.batch, 3 * g + j) for j in (1, 2)]
+        assert [e.ids.tolist() for e in stored] == [first.batch.response_token_ids(3 * g + j) for j in (1, 2)]
         assert all(e.step == 1 and e.score == 1.0 for e in stored)
     task.value = 0.0
     fresh = stage.sample(spread_model, PROBLEMS, key=(1, 0))
@@ -90,7 +90,7 @@ def test_replay_injects_stored_successes_into_failed_groups(tok, spread_model):
         prompt, resp = _rows_of(out.batch, row)
         assert prompt == prompt_ids[row // 3]
         if row % 3 == 0:  # the group's own failed response, unchanged
-            assert resp == response_tokens(fresh.batch, row)
+            assert resp == fresh.batch.response_token_ids(row)
         else:
             assert resp in [e.ids.tolist() for e in history.stored_responses(PROBLEMS[row // 3].id)]
             assert out.batch.responses[row] == tok.decode(resp, skip_special_tokens=True)
@@ -132,15 +132,15 @@ def test_reflection_retries_after_the_failed_attempt(tok, spread_model, context)
     note = tok("=", add_special_tokens=False)["input_ids"]
     prefixes = []
     for g in range(2):
-        attempt = response_tokens(fresh.batch, 3 * g)
+        attempt = fresh.batch.response_token_ids(3 * g)
         prefixes.append([t for t in attempt if t != tok.eos_token_id] + note)
     expected = generate_continuations(stage.engine, spread_model, PROBLEMS, prefixes, Sampling(n=1, max_new_tokens=8, greedy=True))
     prompt_ids = stage.engine.prompt_token_ids(PROBLEMS)
     for g in range(2):
         prompt, resp = _rows_of(out.batch, 3 * g + 2)
-        assert resp == response_tokens(expected, g)
+        assert resp == expected.response_token_ids(g)
         assert prompt == (prompt_ids[g] if context == "original" else prompt_ids[g] + prefixes[g])
-        assert _rows_of(out.batch, 3 * g)[1] == response_tokens(fresh.batch, 3 * g)
+        assert _rows_of(out.batch, 3 * g)[1] == fresh.batch.response_token_ids(3 * g)
     stats = r3.pop_stats()
     assert stats["r3/reflections"] == 2 and stats["r3/reflected_groups"] == 2 and stats["r3/reflection_samples"] == 4
     # a prompt solved before is not reflected on; min visits counts the earlier visits

@@ -14,7 +14,7 @@ import torch
 
 from rlvr.cli import main
 from rlvr.errors import ConfigError
-from rlvr.tasks.base import Problem, tasks
+from rlvr.tasks.base import tasks
 from rlvr.tasks.countdown import countdown_problem
 from rlvr.tasks.subset import SubsetTask, write_problem_file
 from rlvr.train.config import load_config

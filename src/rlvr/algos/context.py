@@ -145,3 +145,19 @@ class TokenWeightOutput:
     weights: Tensor
     loss_mask: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def kept_rows_mask(ctx: AlgoContext, kept: Tensor | None, who: str, what: str) -> Tensor:
+    """``(B, T)`` mask of the valid tokens of the micro-batch rows whose rollout-batch row is ``kept``.
+
+    ``kept`` (bool, one per rollout-batch row) is chosen by a method's ``prepare`` hook on the whole
+    batch; ``ctx.extras["row_index"]`` maps each micro-batch row to its rollout-batch row. ``what``
+    (e.g. "filters groups of the whole rollout batch") completes the error when either is missing.
+    """
+    rows = ctx.extras.get("row_index")
+    if kept is None or rows is None:
+        raise MissingInputError(
+            f"{who} {what}: it needs its prepare(ctx) hook run first and ctx.extras['row_index'] (the trainer provides both)"
+        )
+    device, dtype = ctx.response_mask.device, ctx.response_mask.dtype
+    return kept.to(device)[rows.to(device)].unsqueeze(-1).to(dtype) * (ctx.response_mask > 0).to(dtype)

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext, LossOutput
-from rlvr.algos.groups import group_index, group_sizes, split_group
+from rlvr.algos.groups import group_index, group_sizes, require_whole_groups
 from rlvr.algos.registry import policy_loss
 from rlvr.algos.shaping import check_choice, check_positive
 from rlvr.errors import ConfigError
@@ -150,18 +150,13 @@ class Drpo:
         return metrics
 
     def check_whole_groups(self, group_ids: Tensor) -> None:
-        if self.group_sizes is None or self.split_groups == "present":
+        if self.split_groups == "present":
             return
-        split = split_group(group_ids, self.group_sizes)
-        if split is not None:
-            gid, count, full = split
-            raise ConfigError(
-                    f"policy_loss 'drpo': group {gid} has {count} of its {full} responses in this micro-batch; "
-                    "DRPO compares a question's correct and incorrect responses, so every group must be whole in "
-                    "one micro-batch. Set train.mini_batch_size and train.micro_batch_size to the rollout batch "
-                    "size (prompts_per_step * group_size), or policy_loss knob split_groups: present to treat "
-                    "the rows present as the question (approximation)"
-                )
+        require_whole_groups(
+            group_ids, self.group_sizes, "policy_loss 'drpo'", "DRPO compares a question's correct and incorrect responses",
+            "Set train.mini_batch_size and train.micro_batch_size to the rollout batch size (prompts_per_step * "
+            "group_size), or policy_loss knob split_groups: present to treat the rows present as the question (approximation)",
+        )  # fmt: skip
 
     def __call__(self, ctx: AlgoContext) -> LossOutput:
         who = "policy_loss 'drpo'"

@@ -42,8 +42,8 @@ from rlvr.algos.context import AlgoContext
 from rlvr.algos.entropy_advantage import WrapsBase, build_base_component
 from rlvr.algos.ppo_clip import masked_float
 from rlvr.algos.registry import advantage
-from rlvr.algos.shaping import check_choice, check_positive
-from rlvr.algos.steps import STEP_SPLITS, StepSplit, step_ends, step_index
+from rlvr.algos.shaping import check_choice
+from rlvr.algos.steps import StepSplit, check_step_split, step_ends, step_index
 from rlvr.errors import ConfigError
 
 EMPG_REQUIRES = ("rewards", "group_ids", "old_entropy")
@@ -121,11 +121,8 @@ class Empg(WrapsBase):
         base_kwargs: dict[str, Any] | None = None,
     ) -> None:
         who = f"advantage '{self.name}'"
-        check_positive(who, step_len=step_len)
-        check_choice(who, "split", split, STEP_SPLITS)
+        check_step_split(who, split, step_len, delimiter)
         check_choice(who, "normalize", normalize, EMPG_NORMALIZE)
-        if split == "delimiter" and not delimiter:
-            raise ConfigError(f"{who}: split='delimiter' needs a non-empty delimiter")
         if k < 0 or k_f < 0:
             raise ConfigError(f"{who}: k and k_f must be >= 0, got {k}, {k_f}")
         self.k, self.k_f, self.zeta = float(k), float(k_f), float(zeta)

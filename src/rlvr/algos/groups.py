@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlvr.errors import ConfigError
+
 
 def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
     """Dense indices 0..K-1 for arbitrary group ids, and K."""
@@ -68,3 +70,22 @@ def split_group(group_ids: Tensor, full_sizes: dict[Any, int]) -> tuple[Any, int
         if full is not None and full != count:
             return gid, count, full
     return None
+
+
+WHOLE_GROUPS_FIX = (
+    "Set train.shuffle=groups and make train.mini_batch_size and train.micro_batch_size multiples of rollout.group_size"
+)
+"""The settings that keep every group in one micro-batch (the ``fix`` of :func:`require_whole_groups`)."""
+
+
+def require_whole_groups(group_ids: Tensor, full_sizes: dict[Any, int] | None, who: str, reason: str, fix: str) -> None:
+    """Raise a ConfigError naming the first group split across micro-batches (``full_sizes``: the rollout
+    batch's group sizes; None: not recorded, nothing to check). ``reason`` says why the method needs whole
+    groups, ``fix`` which settings keep them whole."""
+    split = split_group(group_ids, full_sizes) if full_sizes is not None else None
+    if split is not None:
+        gid, count, full = split
+        raise ConfigError(
+            f"{who}: group {gid} has {count} of its {full} responses in this micro-batch; {reason}, so every "
+            f"group must be whole in one micro-batch. {fix}"
+        )

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from rlvr.algos.context import AlgoContext, LossOutput
 from rlvr.algos.grpo import group_baseline
-from rlvr.algos.groups import group_count, group_index, group_sizes, group_sum, split_group
+from rlvr.algos.groups import WHOLE_GROUPS_FIX, group_count, group_index, group_sizes, group_sum, require_whole_groups
 from rlvr.algos.registry import policy_loss
 from rlvr.algos.shaping import check_choice, check_positive
 from rlvr.errors import ConfigError
@@ -192,16 +192,9 @@ class Pacs:
         who = f"policy_loss '{self.name}'"
         ctx.require("logprobs", "old_logprobs", "group_ids", who=who)
         assert ctx.logprobs is not None and ctx.old_logprobs is not None and ctx.group_ids is not None
-        if self.group_sizes is not None:
-            split = split_group(ctx.group_ids, self.group_sizes)
-            if split is not None:
-                gid, count, full = split
-                raise ConfigError(
-                    f"{who}: group {gid} has {count} of its {full} responses in this micro-batch; PACS compares "
-                    "each response's score with the rest of its group, so every group must be whole in one "
-                    "micro-batch. Set train.shuffle=groups and make train.mini_batch_size and "
-                    "train.micro_batch_size multiples of rollout.group_size"
-                )
+        require_whole_groups(
+            ctx.group_ids, self.group_sizes, who, "PACS compares each response's score with the rest of its group", WHOLE_GROUPS_FIX
+        )
         labels = self.labels(ctx)
         psi = implicit_score(ctx.logprobs, ctx.old_logprobs, ctx.response_mask, self.beta, self.score)
         logits = relative_logit(psi, ctx.group_ids, self.baseline, self.norm_by_std, self.eps)

@@ -50,8 +50,7 @@ from rlvr.algos.groups import group_std
 from rlvr.algos.ppo_clip import masked_float
 from rlvr.algos.registry import advantage
 from rlvr.algos.shaping import check_choice, check_positive
-from rlvr.algos.steps import STEP_SPLITS, StepSplit, fill_from_step_end, step_ends
-from rlvr.errors import ConfigError
+from rlvr.algos.steps import StepSplit, check_step_split, fill_from_step_end, step_ends
 
 PrlBase = Literal["grpo", "raw"]
 PRL_BASES: tuple[str, ...] = get_args(PrlBase)
@@ -97,11 +96,9 @@ class Prl:
         eps: float = 1e-6,
     ) -> None:
         who = f"advantage '{self.name}'"
-        check_positive(who, eta=eta, step_len=step_len)
-        check_choice(who, "split", split, STEP_SPLITS)
+        check_positive(who, eta=eta)
+        check_step_split(who, split, step_len, delimiter)
         check_choice(who, "base", base, PRL_BASES)
-        if split == "delimiter" and not delimiter:
-            raise ConfigError(f"{who}: split='delimiter' needs a non-empty delimiter")
         self.eta = float(eta)
         self.split = split
         self.step_len = int(step_len)

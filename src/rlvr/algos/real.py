@@ -49,10 +49,9 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext, LossOutput
-from rlvr.algos.groups import group_index, group_sizes, split_group
+from rlvr.algos.groups import WHOLE_GROUPS_FIX, group_index, group_sizes, require_whole_groups
 from rlvr.algos.registry import policy_loss
 from rlvr.algos.shaping import check_choice, check_positive
-from rlvr.errors import ConfigError
 
 RealLabel = Literal["advantage", "correct"]
 REAL_LABELS: tuple[str, ...] = get_args(RealLabel)
@@ -130,16 +129,9 @@ class Real:
         who = f"policy_loss '{self.name}'"
         ctx.require("logprobs", "old_logprobs", "group_ids", who=who)
         assert ctx.logprobs is not None and ctx.old_logprobs is not None and ctx.group_ids is not None
-        if self.group_sizes is not None:
-            split = split_group(ctx.group_ids, self.group_sizes)
-            if split is not None:
-                gid, count, full = split
-                raise ConfigError(
-                    f"{who}: group {gid} has {count} of its {full} responses in this micro-batch; REAL classifies "
-                    "each group's responses against each other, so every group must be whole in one micro-batch. "
-                    "Set train.shuffle=groups and make train.mini_batch_size and train.micro_batch_size multiples "
-                    "of rollout.group_size"
-                )
+        require_whole_groups(
+            ctx.group_ids, self.group_sizes, who, "REAL classifies each group's responses against each other", WHOLE_GROUPS_FIX
+        )
         positive = self.positives(ctx)
         scores = sequence_log_ratio(ctx.logprobs, ctx.old_logprobs, ctx.response_mask)
         losses, counted = real_group_losses(scores, positive, ctx.group_ids, self.tau, self.skip_uniform)

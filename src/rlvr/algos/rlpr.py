@@ -58,7 +58,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
-from rlvr.algos.context import AlgoContext, TokenWeightOutput
+from rlvr.algos.context import AlgoContext, TokenWeightOutput, kept_rows_mask
 from rlvr.algos.groups import group_index, group_std
 from rlvr.algos.logprob_reward import COMBINES, Combine, answer_likelihood, extras_with_mask
 from rlvr.algos.registry import reward, token_weight
@@ -306,12 +306,5 @@ class RlprStdFilter:
         }
 
     def __call__(self, ctx: AlgoContext) -> TokenWeightOutput:
-        rows = ctx.extras.get("row_index")
-        if self.kept is None or rows is None:
-            raise MissingInputError(
-                f"token_weight '{self.name}' filters groups of the whole rollout batch: it needs its prepare(ctx) "
-                "hook run first and ctx.extras['row_index'] (the trainer provides both)"
-            )
-        kept = self.kept.to(ctx.response_mask.device)[rows.to(ctx.response_mask.device)]
-        mask = kept.unsqueeze(-1).to(ctx.response_mask.dtype) * (ctx.response_mask > 0).to(ctx.response_mask.dtype)
+        mask = kept_rows_mask(ctx, self.kept, f"token_weight '{self.name}'", "filters groups of the whole rollout batch")
         return TokenWeightOutput(weights=torch.ones_like(ctx.response_mask), loss_mask=mask)

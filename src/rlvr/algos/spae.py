@@ -55,8 +55,8 @@ from rlvr.algos.context import AlgoContext
 from rlvr.algos.entropy_advantage import WrapsBase, build_base_component
 from rlvr.algos.ppo_clip import masked_float
 from rlvr.algos.registry import advantage
-from rlvr.algos.shaping import check_choice, check_positive
-from rlvr.algos.steps import STEP_SPLITS, StepSplit, step_ends
+from rlvr.algos.shaping import check_choice
+from rlvr.algos.steps import StepSplit, check_step_split, step_ends
 from rlvr.errors import ConfigError, MissingInputError
 
 SPAE_REQUIRES = ("rewards", "group_ids", "correct")
@@ -124,10 +124,7 @@ class Spae(WrapsBase):
         base_kwargs: dict[str, Any] | None = None,
     ) -> None:
         who = f"advantage '{self.name}'"
-        check_positive(who, step_len=step_len)
-        check_choice(who, "split", split, STEP_SPLITS)
-        if split == "delimiter" and not delimiter:
-            raise ConfigError(f"{who}: split='delimiter' needs a non-empty delimiter")
+        check_step_split(who, split, step_len, delimiter)
         if not 0.0 <= gamma <= 1.0:
             raise ConfigError(f"{who}: gamma must be in [0, 1], got {gamma}")
         self.lam, self.gamma, self.saturation = float(lam), float(gamma), float(saturation)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.context import AlgoContext
+from rlvr.algos.shaping import check_choice, check_positive
 from rlvr.errors import ConfigError, MissingInputError
 
 StepSplit = Literal["length", "delimiter", "token"]
@@ -131,6 +132,14 @@ def token_texts_of(ctx: AlgoContext, who: str) -> list[list[str]]:
         return char_token_texts(texts, ctx.response_mask, ctx.truncated)
     except MissingInputError as exc:
         raise MissingInputError(f"{who}: {exc}") from None
+
+
+def check_step_split(who: str, split: str, step_len: int, delimiter: str) -> None:
+    """The step-segmentation knobs of a method: ``split`` known, ``step_len`` > 0, a delimiter to split at."""
+    check_positive(who, step_len=step_len)
+    check_choice(who, "split", split, STEP_SPLITS)
+    if split == "delimiter" and not delimiter:
+        raise ConfigError(f"{who}: split='delimiter' needs a non-empty delimiter")
 
 
 def step_ends(ctx: AlgoContext, split: StepSplit, *, step_len: int, delimiter: str, who: str) -> Tensor:

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Literal, get_args
 import torch
 from torch import Tensor
 
-from rlvr.algos.context import AlgoContext, TokenWeightOutput
+from rlvr.algos.context import AlgoContext, TokenWeightOutput, kept_rows_mask
 from rlvr.algos.groups import group_index, group_mean
 from rlvr.algos.registry import controller, token_weight
 from rlvr.algos.shaping import check_choice, check_positive
@@ -109,14 +109,7 @@ class T1Oversample:
         }
 
     def __call__(self, ctx: AlgoContext) -> TokenWeightOutput:
-        rows = ctx.extras.get("row_index")
-        if self.kept is None or rows is None:
-            raise MissingInputError(
-                f"token_weight '{self.name}' selects rows on the whole rollout batch: it needs its prepare(ctx) "
-                "hook run first and ctx.extras['row_index'] (the trainer provides both)"
-            )
-        kept = self.kept.to(ctx.response_mask.device)[rows.to(ctx.response_mask.device)]
-        mask = kept.unsqueeze(-1).to(ctx.response_mask.dtype) * (ctx.response_mask > 0).to(ctx.response_mask.dtype)
+        mask = kept_rows_mask(ctx, self.kept, f"token_weight '{self.name}'", "selects rows on the whole rollout batch")
         return TokenWeightOutput(weights=mask, loss_mask=mask)
 
 

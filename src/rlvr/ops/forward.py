@@ -397,7 +397,7 @@ class ReferenceAnswerLogProbs(ReferenceSplice):
         eos = tokenizer.eos_token_id
         splices = []
         for row, answer in enumerate(answers):
-            ids = batch.response_ids[row][batch.response_mask[row].bool()].tolist()
+            ids = batch.response_token_ids(row)
             if ids and eos is not None and ids[-1] == eos and not bool(batch.truncated[row]):
                 ids = ids[:-1]
             splices.append(

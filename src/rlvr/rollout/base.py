@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -57,6 +58,10 @@ class RolloutBatch:
     def num_response_tokens(self) -> int:
         return int(self.response_mask.sum().item())
 
+    def response_token_ids(self, row: int) -> list[int]:
+        """The valid response token ids of ``row`` (its EOS included when it generated one)."""
+        return self.response_ids[row][self.response_mask[row] > 0].tolist()
+
     def rows(self, index: Tensor) -> "RolloutBatch":
         """The sub-batch of rows ``index``."""
         return RolloutBatch(
@@ -69,6 +74,12 @@ class RolloutBatch:
             group_ids=self.group_ids[index],
             extras={key: value[index] for key, value in self.extras.items()},
         )
+
+
+def eos_ids(tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS token id(s) as a list (empty when it has none)."""
+    eos = tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 def response_mask_from_ids(response_ids: Tensor, eos_token_id: int | list[int]) -> tuple[Tensor, Tensor]:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from rlvr.errors import RLVRError
-from rlvr.rollout.base import RolloutBatch, concat_batches
+from rlvr.rollout.base import RolloutBatch, concat_batches, eos_ids
 from rlvr.rollout.stage import RolloutResult, RolloutStage, batch_to, shard_seed
 from rlvr.rollout.vllm import assemble_batch
 from rlvr.tasks.base import Problem, context_length
@@ -63,11 +63,6 @@ class Injection:
     batch: RolloutBatch
     scores: Tensor
     source: int
-
-
-def response_tokens(batch: RolloutBatch, row: int) -> list[int]:
-    """The valid response token ids of ``row``."""
-    return batch.response_ids[row][batch.response_mask[row] > 0].tolist()
 
 
 def failed_groups(result: RolloutResult) -> list[list[int]]:
@@ -100,7 +95,7 @@ class R3Injector:
             )
         c = self.cfg
         if c.replay:
-            self._store(result, step)
+            self._store(result, result.correct.cpu().nonzero().flatten().tolist(), step)
         failed = failed_groups(result)
         generator = torch.Generator().manual_seed(shard_seed(stage.seed, *key, "r3"))
         injections: list[Injection] = []
@@ -127,9 +122,10 @@ class R3Injector:
         out, self.stats = dict(self.stats), defaultdict(float)
         return out
 
-    def _store(self, result: RolloutResult, step: int) -> None:
-        for row in result.correct.cpu().nonzero().flatten().tolist():
-            ids = response_tokens(result.batch, row)
+    def _store(self, result: RolloutResult, rows: list[int], step: int) -> None:
+        """Keep ``rows`` of ``result`` in the replay buffer of their problem."""
+        for row in rows:
+            ids = result.batch.response_token_ids(row)
             self.history.store_response(result.problems[row].id, ids, float(result.scores[row]), step + 1, self.cfg.buffer_size)
 
     def _never_solved(self, pid: str) -> bool:
@@ -154,7 +150,7 @@ class R3Injector:
         prompt_ids = stage.engine.prompt_token_ids(problems)
         kept, prefixes = [], []
         for rows, prompt in zip(groups, prompt_ids):
-            prefix = _without_eos(response_tokens(result.batch, rows[0]), tok) + note
+            prefix = _without_eos(result.batch.response_token_ids(rows[0]), tok) + note
             if limit is not None and len(prompt) + len(prefix) + sampling.max_new_tokens > limit:
                 self.stats["r3/reflection_too_long"] += 1
                 continue
@@ -173,9 +169,7 @@ class R3Injector:
         for g, rows in enumerate(kept):
             wins = [g * c.reflection_n + j for j in range(c.reflection_n) if bool(sampled.correct[g * c.reflection_n + j])]
             if c.replay:
-                for row in wins:
-                    ids = response_tokens(sampled.batch, row)
-                    self.history.store_response(result.problems[rows[0]].id, ids, float(sampled.scores[row]), step + 1, c.buffer_size)
+                self._store(sampled, wins, step)  # the reflection rows answer the group's problem
             wins = wins[: min(c.inject, len(rows) - 1)]
             if not wins:
                 continue
@@ -183,7 +177,7 @@ class R3Injector:
                 batch = sampled.batch.rows(torch.tensor(wins, device=sampled.batch.input_ids.device))
             else:
                 plain = stage.engine.prompt_token_ids([result.problems[rows[0]]])
-                batch = assemble_batch(tok, plain, [response_tokens(sampled.batch, r) for r in wins], n=len(wins), max_new_tokens=10**9)
+                batch = assemble_batch(tok, plain, [sampled.batch.response_token_ids(r) for r in wins], n=len(wins), max_new_tokens=10**9)
             out.append(Injection(rows[len(rows) - len(wins) :], batch, sampled.scores[wins].float(), REFLECTED))
         self.stats["r3/reflected_groups"] += len(out)
         return out
@@ -242,9 +236,8 @@ def r3_metrics(rollout: RolloutResult, stats: dict[str, float]) -> dict[str, flo
 
 
 def _without_eos(ids: list[int], tokenizer: Any) -> list[int]:
-    eos = tokenizer.eos_token_id
-    eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-    while ids and ids[-1] in eos_ids:
+    eos = set(eos_ids(tokenizer))
+    while ids and ids[-1] in eos:
         ids = ids[:-1]
     return ids
 

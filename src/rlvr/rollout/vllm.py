@@ -38,7 +38,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rlvr.errors import ConfigError
-from rlvr.rollout.base import TOP_IDS, TOP_LOGPROBS, RolloutBatch
+from rlvr.rollout.base import TOP_IDS, TOP_LOGPROBS, RolloutBatch, eos_ids
 from rlvr.rollout.hf import ADAPTIVE_NEEDS_KV, TokenIdEngine, decode_responses, special_ids_to_suppress
 
 VLLM_MISSING = (
@@ -65,11 +65,6 @@ def vllm_available() -> bool:
     return True
 
 
-def _eos_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    eos = tokenizer.eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos or [])
-
-
 def assemble_batch(
     tokenizer: PreTrainedTokenizerBase,
     prompt_ids: Sequence[Sequence[int]],
@@ -86,7 +81,7 @@ def assemble_batch(
     if len(response_ids) != len(prompt_ids) * n:
         raise ValueError(f"expected {len(prompt_ids) * n} responses ({len(prompt_ids)} prompts x {n}), got {len(response_ids)}")
     pad = tokenizer.pad_token_id
-    eos = set(_eos_ids(tokenizer))
+    eos = set(eos_ids(tokenizer))
     prompt_len = max(len(p) for p in prompt_ids)
     cut: list[list[int]] = []
     for ids in response_ids:
@@ -245,7 +240,7 @@ class VLLMRollout(TokenIdEngine):
             temperature=0.0 if greedy else temperature,
             top_p=1.0 if greedy else top_p,
             top_k=-1 if greedy or top_k <= 0 else top_k,
-            stop_token_ids=_eos_ids(self.tokenizer),
+            stop_token_ids=eos_ids(self.tokenizer),
             seed=int(torch.randint(0, 2**31 - 1, (1,)).item()),  # reproducible under the trainer's torch seed
             detokenize=False,
         )

@@ -751,13 +751,18 @@ def load_plugins(data: dict[str, Any]) -> None:
         import_plugin(name)
 
 
-def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults <- YAML file/preset <- dotted overrides, plug-ins imported (:func:`load_plugins`), validated."""
-    data = RunConfig().model_dump(mode="python")
+def _layered(data: dict[str, Any], config: str | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``data`` <- the YAML file or preset ``config`` <- the dotted ``overrides``."""
     if config:
         data = _deep_merge(data, read_config_file(config))
     for override in overrides:
         data = apply_override(data, override)
+    return data
+
+
+def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- YAML file/preset <- dotted overrides, plug-ins imported (:func:`load_plugins`), validated."""
+    data = _layered(RunConfig().model_dump(mode="python"), config, overrides)
     load_plugins(data)
     try:
         return RunConfig.model_validate(data)
@@ -872,11 +877,7 @@ def load_resume_config(
     the run's own resolved config, so the run continues with the method it started with; changes
     to :data:`RESUME_LOCKED` keys are refused unless ``force``.
     """
-    data = RunConfig().model_dump(mode="python")
-    if config:
-        data = _deep_merge(data, read_config_file(config))
-    for override in overrides:
-        data = apply_override(data, override)
+    data = _layered(RunConfig().model_dump(mode="python"), config, overrides)
     run_dir = Path(str(data.get("output_dir") or RunConfig().output_dir))
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -903,10 +904,7 @@ def load_resume_config(
             f"may come from someone else, so confirm it on the command line ({' '.join(k + '=true' for k in sorted(unconfirmed))}) "
             "or set it to false"
         )
-    if config:
-        data = _deep_merge(data, read_config_file(config))
-    for override in overrides:
-        data = apply_override(data, override)
+    data = _layered(data, config, overrides)
     load_plugins(data)
     try:
         cfg = RunConfig.model_validate(data)
