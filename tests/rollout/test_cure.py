@@ -110,6 +110,7 @@ def test_cure_groups_layout_and_continuations_train_on_their_own_tokens(setup, s
         text = tok.decode(f_resp[:k] + resp, skip_special_tokens=True) if score == "full" else tok.decode(resp, skip_special_tokens=True)
         assert float(out.scores[row]) == LengthParity().score(None, text)
     assert out.correct.tolist() == (out.scores >= 1).tolist()
+    assert out.scored == 4 + 4 * 2  # the first-pass rows and every continuation
 
 
 def test_cure_trains_on_the_merged_groups_in_the_trainer(fast_overrides, informative):

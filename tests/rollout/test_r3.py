@@ -143,6 +143,7 @@ def test_reflection_retries_after_the_failed_attempt(tok, spread_model, context)
         assert _rows_of(out.batch, 3 * g)[1] == fresh.batch.response_token_ids(3 * g)
     stats = r3.pop_stats()
     assert stats["r3/reflections"] == 2 and stats["r3/reflected_groups"] == 2 and stats["r3/reflection_samples"] == 4
+    assert out.scored == 6 + 4  # the fresh round and every reflection sample
     # a prompt solved before is not reflected on; min visits counts the earlier visits
     history.record(1, [PROBLEMS[0]] * 2, torch.tensor([True, False]), torch.tensor([1.0, 0.0]))
     assert not r3._never_solved(PROBLEMS[0].id) and r3._never_solved(PROBLEMS[1].id)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlvr.algos import AlgoContext
+from rlvr.errors import RLVRError
+from rlvr.tasks.reward_funcs import RewardScorer
 from rlvr.train.config import load_config
 from rlvr.train.trainer import Trainer
 
@@ -26,6 +29,8 @@ def test_dynamic_sampling_keeps_exactly_the_informative_groups(fast_overrides):
         assert len(scores) == cfg.rollout.group_size and scores.max() > scores.min()
     assert [len(r) % 2 == 0 for r in batch.responses] == rewards.bool().tolist()
     assert len(problems) == len(batch.responses)
+    # every response of every round was scored (the scorer health check compares its failures with this)
+    assert rollout.scored == stats["sampling/rounds"] * cfg.rollout.prompts_per_step * cfg.rollout.group_size
 
 
 def test_group_shuffle_keeps_groups_whole(fast_overrides):
@@ -79,3 +84,18 @@ def test_sar_gets_answer_only_logprobs_from_the_trainer(fast_overrides):
             logits = trainer.model(full).logits[0, :-1]
         expected = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         assert torch.allclose(got[row, : len(ids)], expected, atol=1e-5)
+
+
+def test_a_scorer_failing_on_every_round_stops_training(fast_overrides):
+    """The trainer's scorer health sees every scored response of every dynamic-sampling round."""
+    overrides = ["rollout.dynamic_sampling=true", "rollout.max_sampling_rounds=2", "train.max_consecutive_bad_steps=2",
+                 "train.steps=5", "eval.every=100"]  # fmt: skip
+    trainer = Trainer(load_config(None, [*fast_overrides, *overrides]), quiet=True)
+
+    def broken(problem, response: str) -> float:
+        raise KeyError("no such field")
+
+    trainer.rollout.scorer = RewardScorer(broken)
+    with pytest.raises(RLVRError, match="failed on every sample for 2 consecutive steps"), pytest.warns(UserWarning):
+        trainer.run()
+    assert trainer.step == 1  # the first all-failed step trained (at reward 0), the second stopped the run

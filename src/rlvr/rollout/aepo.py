@@ -83,6 +83,7 @@ class AEPOSampler:
             generate_s=rollout.generate_s + extra.generate_s,
             advantages=mixed.advantages,
             verified=mixed.correct.cpu(),
+            scored=rollout.scored + extra.scored,
         )
         return result, stats
 

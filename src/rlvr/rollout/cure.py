@@ -108,6 +108,7 @@ def merge_branches(first: RolloutResult, continuations: RolloutResult, branches:
         stats=first.stats,
         generate_s=first.generate_s + continuations.generate_s,
         verified=torch.cat([first.correct, continuations.correct])[index],
+        scored=first.scored + continuations.scored,
     )
 
 

@@ -162,6 +162,7 @@ class R3Injector:
             model, [result.problems[rows[0]] for rows in kept], sampling, key=(*key, "r3"), prefixes=prefixes, score_prefix=False
         )
         result.failures = result.failures + sampled.failures  # the step's scorer health counts them
+        result.scored += sampled.scored
         self.stats["r3/reflections"] += len(kept)
         self.stats["r3/reflection_accuracy_sum"] += float(sampled.correct.float().sum())
         self.stats["r3/reflection_samples"] += len(sampled.problems)
@@ -203,7 +204,7 @@ def merge_injections(result: RolloutResult, injections: list[Injection], pad_tok
     batch = dataclasses.replace(merged.rows(index), group_ids=result.batch.group_ids)
     out = RolloutResult(
         problems=list(result.problems), batch=batch, scores=scores, failures=result.failures, stats=result.stats,
-        generate_s=result.generate_s, verified=correct, off_policy=True,
+        generate_s=result.generate_s, verified=correct, off_policy=True, scored=result.scored,
     )  # fmt: skip
     return _tagged(out, source)
 

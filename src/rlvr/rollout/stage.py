@@ -74,6 +74,9 @@ class RolloutResult:
     verified: Tensor | None = None
     off_policy: bool = False
     """Some rows were sampled by an earlier policy (recovered overflow groups, ``rollout.recover_overflow``)."""
+    scored: int = 0
+    """How many responses the scorer saw to produce this result (with ``failures``: every sampled round
+    and extra generation counted, dropped rows included; the scorer health check reads both)."""
 
     @property
     def correct(self) -> Tensor:
@@ -287,7 +290,10 @@ class RolloutStage:
                 self.engine, model, problems, sampling, scorer, self.timeout_s, prefixes, score_prefix
             )
         per_response = [p for p in problems for _ in range(sampling.n)]
-        return RolloutResult(per_response, batch, scores, failures, generate_s=time.perf_counter() - t0, verified=verified)
+        return RolloutResult(
+            per_response, batch, scores, failures, generate_s=time.perf_counter() - t0, verified=verified,
+            scored=len(per_response) if score else 0,
+        )  # fmt: skip
 
     def sample(
         self,
@@ -341,6 +347,7 @@ class RolloutStage:
             failures=failures,
             generate_s=max(r.generate_s for r in results),
             verified=torch.cat([r.correct for r in results]),
+            scored=sum(r.scored for r in results),
         )
 
     def collect(self, model: Any, step: int = 0, augment: Augment | None = None) -> RolloutResult:
@@ -368,7 +375,7 @@ class RolloutStage:
             return self._observed(draw(0))
         failures: Counter[str] = Counter()
         kept: list[RolloutResult] = []
-        kept_groups = rounds = 0
+        kept_groups = rounds = scored = 0
         recovered, self.recovery = self.recovery, None
         if recovered is not None:
             kept.append(_to_device(recovered, _device_of(model)))
@@ -378,6 +385,7 @@ class RolloutStage:
             result = draw(rounds)
             rounds += 1
             failures += result.failures
+            scored += result.scored
             keep = keep_informative_groups(result.scores, result.batch.group_ids.cpu()).nonzero().squeeze(-1)
             if keep.numel():
                 kept.append(_rows(result, keep))
@@ -392,7 +400,7 @@ class RolloutStage:
         if self.recover_overflow:
             stats["sampling/recovered_groups"] = recovered_groups
         if not kept:
-            result.failures, result.stats, result.generate_s = failures, stats, time.perf_counter() - t0
+            result.failures, result.scored, result.stats, result.generate_s = failures, scored, stats, time.perf_counter() - t0
             return self._observed(result)
         batch = concat_batches([r.batch for r in kept], self.tokenizer.pad_token_id)
         merged = RolloutResult(
@@ -405,7 +413,7 @@ class RolloutStage:
         out = _rows(merged, in_batch.nonzero().squeeze(-1).cpu())
         if self.recover_overflow and not bool(in_batch.all()):
             self.recovery = _to_cpu(_rows(merged, (~in_batch).nonzero().squeeze(-1).cpu()))
-        out.failures, out.stats, out.generate_s = failures, stats, time.perf_counter() - t0
+        out.failures, out.scored, out.stats, out.generate_s = failures, scored, stats, time.perf_counter() - t0
         out.off_policy = recovered is not None or any(r.off_policy for r in kept)  # RSR's recovered groups, R^3's replays
         return self._observed(out)
 
@@ -472,6 +480,7 @@ def _rows(result: RolloutResult, index: Tensor) -> RolloutResult:
         generate_s=result.generate_s,
         verified=result.correct[index],
         off_policy=result.off_policy,
+        scored=result.scored,
     )
 
 
@@ -495,7 +504,7 @@ def _to_cpu(result: RolloutResult) -> RolloutResult:
 def _to_device(result: RolloutResult, device: torch.device) -> RolloutResult:
     return RolloutResult(
         result.problems, batch_to(result.batch, device), result.scores.cpu(), result.failures, generate_s=result.generate_s,
-        verified=None if result.verified is None else result.verified.cpu(),
+        verified=None if result.verified is None else result.verified.cpu(), scored=result.scored,
     )  # fmt: skip
 
 

@@ -148,6 +148,7 @@ class RolloutControl:
             stats=dict(raw.stats),
             generate_s=raw.generate_s,
             verified=raw.correct[index],
+            scored=raw.scored,
         )
 
     # ------------------------------------------------------------------ inputs

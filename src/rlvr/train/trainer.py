@@ -207,8 +207,7 @@ class Trainer:
             rollout = self.control.collect(self.rollout, self.sampler, self.step, self.history)
         else:
             rollout = self.rollout.collect(self.sampler, self.step, augment=self._round_augment())
-        reflected = int(self.r3.stats.get("r3/reflection_samples", 0)) if self.r3 is not None else 0  # scored too
-        self.scorer_health.update(rollout.failures, _scored(rollout, self.cfg) + reflected, step=self.step + 1)
+        self.scorer_health.update(rollout.failures, rollout.scored, step=self.step + 1)
         sampled = sampled_rows(rollout)  # the history sees the policy's own samples, not R^3's injected rows
         self.history.record(self.step + 1, [rollout.problems[i] for i in sampled.tolist()], rollout.correct[sampled], rollout.scores[sampled])
         # recovered overflow rows (off_policy) take old log-probs from a separate forward of the current weights
@@ -645,13 +644,6 @@ def _adaptive_temperature(r: Any) -> AdaptiveTemperature | None:
     """HAPO-H's per-token sampling temperature state, when ``rollout.adaptive_temperature`` is on."""
     a = r.adaptive_temperature
     return AdaptiveTemperature(tau=a.tau, pivot=a.pivot, official_sign=a.official_sign) if a.enabled else None
-
-
-def _scored(rollout: RolloutResult, cfg: RunConfig) -> int:
-    """How many responses the step's scorer saw (every dynamic-sampling round counts)."""
-    r = cfg.rollout
-    group = r.group_size * (1 + r.cure.n2) if r.cure.enabled else r.group_size  # CURE scores the continuations too
-    return int(rollout.stats.get("sampling/rounds", 1)) * r.prompts_per_step * group
 
 
 def last_eval(metrics_path: Path) -> dict[str, float]:
